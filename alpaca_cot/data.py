@@ -1,0 +1,149 @@
+"""The data registry and the loader that validates every record.
+
+`--data` names resolve here and nowhere else: a registered name (`alpaca`, `belle`,
+`cot`, `demo`), names joined by `-` in any order (`alpaca-belle-cot`), a path to a
+`.json` list or `.jsonl` file, or several of these separated by commas.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import DATA_DIR
+from .cli import UserError
+
+
+@dataclass(frozen=True)
+class Source:
+    file: str  # relative to data/
+    how_to_get: str
+
+
+REGISTRY = {
+    "alpaca": Source("alpaca_data_cleaned.json",
+                     "run `python scripts/download_data.py alpaca` (hub dataset yahma/alpaca-cleaned)"),
+    "belle": Source("belle_data_cn.json",
+                    "run `python scripts/download_data.py belle` (hub dataset BelleGroup/train_0.5M_CN)"),
+    "cot": Source("CoT_data.json",
+                  "run `python scripts/format_cot.py --out data/CoT_data.json` (the 9 FLAN CoT sets)"),
+    "demo": Source("demo.json", "it ships with the project: restore it with `git checkout data/demo.json`"),
+}
+
+# Placeholders some Alpaca versions use for "no input".
+NO_INPUT = {"noinput", "<noinput>", "no input"}
+
+
+def _is_path(item: str) -> bool:
+    return item.endswith((".json", ".jsonl")) or "/" in item or "\\" in item
+
+
+def resolve(data, data_dir: Path = DATA_DIR) -> list[Path]:
+    """Turn a --data value into the list of files it names, in order, without duplicates."""
+    items = list(data) if isinstance(data, (list, tuple)) else str(data).split(",")
+    items = [str(i).strip() for i in items if str(i).strip()]
+    if not items:
+        raise UserError("--data is empty; name a dataset (" + ", ".join(REGISTRY) + ") or a .json/.jsonl file")
+    paths = []
+    for item in items:
+        if _is_path(item):
+            path = Path(item).expanduser()
+            if not path.is_file():
+                raise UserError(f"data file {path} not found")
+            paths.append(path)
+            continue
+        for name in item.split("-"):
+            if name not in REGISTRY:
+                raise UserError(f"unknown dataset {name!r} in --data {item!r}; known: {', '.join(REGISTRY)}, "
+                                "combinations like alpaca-belle-cot, or paths to .json/.jsonl files")
+            source = REGISTRY[name]
+            path = Path(data_dir) / source.file
+            if not path.is_file():
+                raise UserError(f"dataset {name!r} needs {path}, which is missing: {source.how_to_get}")
+            paths.append(path)
+    return list(dict.fromkeys(paths))
+
+
+def name_of(data) -> str:
+    """A short name for output folders: `alpaca-cot` stays, paths become their stem."""
+    items = list(data) if isinstance(data, (list, tuple)) else str(data).split(",")
+    return "-".join(Path(str(i).strip()).stem if _is_path(str(i)) else str(i).strip() for i in items)
+
+
+def _parse(path: Path) -> list[tuple[str, object]]:
+    """The raw records of one file, each with its place ('record 3' or 'line 4') for messages."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if path.suffix != ".jsonl":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            # Some `.json` files in the wild are JSON Lines (BELLE's eval set): read those as such.
+            if not (e.msg == "Extra data" and text.lstrip().startswith("{")):
+                raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        else:
+            if not isinstance(obj, list):
+                raise UserError(f"{path}: expected a JSON list of records, got a {type(obj).__name__}")
+            return [(f"record {i}", r) for i, r in enumerate(obj)]
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((f"line {n}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
+    return rows
+
+
+def _check(record) -> tuple[dict | None, str | None]:
+    """A clean {instruction, input, output} record, or the reason it is bad."""
+    if not isinstance(record, dict):
+        return None, f"expected an object with instruction/input/output, got {type(record).__name__}"
+    clean = {}
+    for field in ("instruction", "output"):
+        value = record.get(field)
+        if value is None:
+            return None, f"field '{field}' is missing"
+        if not isinstance(value, str):
+            return None, f"field '{field}' must be a string, got {type(value).__name__}"
+        if not value.strip():
+            return None, f"field '{field}' is empty"
+        clean[field] = value
+    value = record.get("input")
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        return None, f"field 'input' must be a string, got {type(value).__name__}"
+    clean["input"] = "" if value.strip().lower() in NO_INPUT else value
+    return clean, None
+
+
+def load_file(path: Path, skip_bad_records: bool = False) -> tuple[list[dict], int]:
+    """Valid records of one file and how many bad ones were skipped."""
+    records, skipped = [], 0
+    for place, raw in _parse(Path(path)):
+        clean, why = _check(raw)
+        if clean is None:
+            if not skip_bad_records:
+                raise UserError(f"{path}: {place}: {why} (pass --skip_bad_records to skip such records)")
+            skipped += 1
+            continue
+        records.append(clean)
+    return records, skipped
+
+
+def load(data, skip_bad_records: bool = False, data_dir: Path = DATA_DIR, log=print) -> dict[str, list]:
+    """All records that --data names, as columns (instruction, input, output, source)."""
+    columns = {"instruction": [], "input": [], "output": [], "source": []}
+    for path in resolve(data, data_dir):
+        records, skipped = load_file(path, skip_bad_records)
+        if skipped:
+            log(f"{path}: skipped {skipped} bad records")
+        for r in records:
+            for k in ("instruction", "input", "output"):
+                columns[k].append(r[k])
+        columns["source"].extend([path.stem] * len(records))
+    if not columns["output"]:
+        raise UserError(f"--data {data!r} holds no usable records")
+    return columns

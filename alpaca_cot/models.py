@@ -1,0 +1,114 @@
+"""Model-loading rules, in one place: which checkpoint, which precision, which device.
+
+finetune.py, generate.py, the export script and the benchmark all load through here.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+
+from .cli import UserError
+
+# --size -> default checkpoint (the 2023 repo's decapoda-research ids are gone from the hub).
+SIZES = {7: "huggyllama/llama-7b", 13: "huggyllama/llama-13b", 30: "huggyllama/llama-30b", 65: "huggyllama/llama-65b"}
+QUANTIZATIONS = ("8bit", "4bit", "none")
+
+
+def base_model_name(size=7, base_model=None) -> str:
+    """--base_model wins over --size; a path-like value must exist locally."""
+    if base_model:
+        name = str(base_model)
+        looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
+        if looks_local and not Path(name).expanduser().exists():
+            raise UserError(f"base model {name} not found (not a local folder, nor a hub id like org/name)")
+        return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+    try:
+        return SIZES[int(size)]
+    except (KeyError, ValueError, TypeError):
+        raise UserError(f"unknown --size {size!r}; choose one of {', '.join(map(str, SIZES))} or pass --base_model") from None
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def compute_dtype() -> torch.dtype:
+    """bf16 where the GPU has it, fp16 on older GPUs, fp32 on the CPU."""
+    if not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def check_quantization(quantization: str):
+    """Fail before any loading if the requested precision cannot run here."""
+    if quantization not in QUANTIZATIONS:
+        raise UserError(f"unknown --quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
+    if quantization == "none":
+        return
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # ImportError, or a broken native library
+        raise UserError(f"--quantization {quantization} needs a working bitsandbytes ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); install it or pass --quantization none") from None
+    if not torch.cuda.is_available():
+        print(f"warning: no CUDA device; {quantization} runs on bitsandbytes' CPU path, which is slow", flush=True)
+
+
+def quantization_config(quantization: str):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype())
+    return None
+
+
+def configure_backends():
+    """cuDNN attention rebuilds a graph for every new sequence shape: with dynamic padding and
+    generation that halves throughput (see STACK.md), so SDPA uses flash/efficient kernels."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load the tokenizer of {name}: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        # LLaMA has no pad token; unk (0) is never a target, and padded positions are masked anyway.
+        tokenizer.pad_token_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
+    return tokenizer
+
+
+def load_model(name: str, quantization: str = "none", dtype: torch.dtype | None = None):
+    """The base causal LM, quantized or in 16/32-bit, on this process's device."""
+    from transformers import AutoModelForCausalLM
+
+    configure_backends()
+    dtype = dtype or compute_dtype()
+    kwargs = {"dtype": dtype, "attn_implementation": "sdpa"}
+    if quantization != "none":
+        kwargs["quantization_config"] = quantization_config(quantization)
+        kwargs["device_map"] = {"": local_rank()} if torch.cuda.is_available() else {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except OSError as e:
+        raise UserError(f"could not load base model {name}: {str(e).splitlines()[0]}") from None
+    if quantization == "none" and torch.cuda.is_available():
+        model.to(f"cuda:{local_rank()}")
+    return model

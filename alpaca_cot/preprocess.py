@@ -1,0 +1,45 @@
+"""Records -> training features: one tokenisation per record, prompt masked out of the loss.
+
+Each record becomes `<s> prompt response </s>`, tokenised in one pass; the prompt's tokens
+are found from the character offsets, so the ids are exactly those that generation sees.
+Labels are -100 on the prompt (unless train_on_inputs) and the ids elsewhere. A record longer
+than cutoff_len is cut, keeping its final EOS so that the model still learns to stop.
+"""
+
+IGNORE = -100
+
+
+def encode_batch(batch: dict, tokenizer, prompter, cutoff_len: int, train_on_inputs: bool = False) -> dict:
+    """For datasets.map(batched=True): adds input_ids, labels, length, truncated, prompt_too_long."""
+    prompts = [prompter.prompt(i, x) for i, x in zip(batch["instruction"], batch["input"])]
+    texts = [p + o for p, o in zip(prompts, batch["output"])]
+    # split_special_tokens: a literal "</s>" in user text is text, not the EOS id.
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = tokenizer.eos_token_id
+    out = {"input_ids": [], "labels": [], "length": [], "truncated": [], "prompt_too_long": []}
+    for prompt, ids, offsets in zip(prompts, enc["input_ids"], enc["offset_mapping"]):
+        n_prompt = len(bos) + sum(1 for start, _ in offsets if start < len(prompt))
+        ids = bos + ids
+        truncated = len(ids) + 1 > cutoff_len
+        ids = ids[: cutoff_len - 1] + [eos]
+        labels = list(ids) if train_on_inputs else [IGNORE] * n_prompt + ids[n_prompt:]
+        labels = labels[: len(ids)]
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["length"].append(len(ids))
+        out["truncated"].append(truncated)
+        # Nothing of the response survives the cut: such a record teaches nothing but EOS.
+        out["prompt_too_long"].append(n_prompt >= cutoff_len - 1)
+    return out
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """The ids generation feeds the model: the same BOS and special-token rules as training."""
+    ids = tokenizer(prompt, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+
+
+def prompt_overhead(tokenizer, prompter) -> int:
+    """Tokens the template costs with an empty instruction and input, plus BOS and EOS."""
+    return len(encode_prompt(tokenizer, prompter.prompt("x"))) + 1

@@ -1,0 +1,29 @@
+"""The prompt template: one small class over a data file in templates/.
+
+Training (to mask the prompt out of the loss) and generation (to build the same
+prompt) both go through `Prompter.prompt`, so the two can never drift apart.
+"""
+
+import json
+
+from . import TEMPLATES_DIR
+from .cli import UserError
+
+
+class Prompter:
+    def __init__(self, template_name: str = "alpaca"):
+        path = TEMPLATES_DIR / f"{template_name}.json"
+        if not path.is_file():
+            known = sorted(p.stem for p in TEMPLATES_DIR.glob("*.json") if p.stem != "flan_cot")
+            raise UserError(f"unknown prompt template {template_name!r} ({path} not found); known: {', '.join(known)}")
+        self.name = template_name
+        self.template = json.loads(path.read_text(encoding="utf-8"))
+
+    def prompt(self, instruction: str, input: str = "") -> str:
+        """The text the model sees before its response."""
+        # str.replace, not str.format: user text may hold braces.
+        if input:
+            text = self.template["prompt_input"].replace("{input}", input)
+        else:
+            text = self.template["prompt_no_input"]
+        return text.replace("{instruction}", instruction, 1)

@@ -1,0 +1,60 @@
+"""A tiny LLaMA built from a config, for the quick start and the tests: no download anywhere.
+
+The tokenizer is either a given SentencePiece `.model` (the tests use the real LLaMA one) or
+one trained here on the demo data with LLaMA's settings (BPE, byte fallback, no pad id).
+"""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import DATA_DIR
+from .prompter import Prompter
+
+TOKENIZER_CONFIG = {
+    "tokenizer_class": "LlamaTokenizer",
+    "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+    "add_bos_token": True, "add_eos_token": False,
+    "clean_up_tokenization_spaces": False,
+    "model_max_length": 2048,
+}
+
+
+def train_sentencepiece(out_file: Path, texts: list[str], vocab_size: int = 1024):
+    import sentencepiece as spm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_prefix=f"{tmp}/sp", model_type="bpe",
+            vocab_size=vocab_size, hard_vocab_limit=False, byte_fallback=True, split_digits=True,
+            character_coverage=1.0, normalization_rule_name="identity", add_dummy_prefix=True,
+            remove_extra_whitespaces=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+        shutil.copy(f"{tmp}/sp.model", out_file)
+
+
+def build(out_dir, tokenizer_model=None, hidden_size=128, layers=2, heads=4, seed=0):
+    """Write a random-init LLaMA and its tokenizer to out_dir; returns the folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if tokenizer_model:
+            shutil.copy(tokenizer_model, Path(tmp) / "tokenizer.model")
+        else:
+            records = json.loads((DATA_DIR / "demo.json").read_text(encoding="utf-8"))
+            prompter = Prompter("alpaca")
+            texts = [prompter.prompt(r["instruction"], r["input"]) + r["output"] for r in records]
+            train_sentencepiece(Path(tmp) / "tokenizer.model", [line for t in texts for line in t.split("\n")])
+        (Path(tmp) / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2))
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+        tokenizer.save_pretrained(out_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 8 // 3,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=None, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    return out_dir

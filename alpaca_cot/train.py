@@ -1,0 +1,262 @@
+"""LoRA fine-tuning under the Hugging Face Trainer: the body of finetune.py.
+
+Checks every flag and the data before any model is loaded, tokenises once with the prompt
+masked out of the loss, pads each batch dynamically (multiple of 8) with length grouping,
+and saves the adapter so that a crash mid-save never leaves a half-written file behind.
+Runs as one process or under torchrun / torch.distributed.launch (one process per GPU).
+"""
+
+import inspect
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from . import data as data_registry
+from . import models
+from .cli import UserError
+from .preprocess import encode_batch, prompt_overhead
+from .prompter import Prompter
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def log(*args):
+    if models.is_main_process():
+        print(*args, flush=True)
+
+
+def _as_list(value) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value]
+    return [v.strip() for v in str(value).strip("[]").replace("'", "").split(",") if v.strip()]
+
+
+def _training_args(**kwargs):
+    """TrainingArguments across transformers 5.x: group_by_length became train_sampling_strategy."""
+    from transformers import TrainingArguments
+
+    params = inspect.signature(TrainingArguments.__init__).parameters
+    group = kwargs.pop("group_by_length")
+    if "train_sampling_strategy" in params:
+        kwargs["train_sampling_strategy"] = "group_by_length" if group else "random"
+    else:
+        kwargs["group_by_length"] = group
+    return TrainingArguments(**{k: v for k, v in kwargs.items() if k in params})
+
+
+def _report_to(report_to):
+    if report_to != "auto":
+        return report_to
+    try:
+        import tensorboard  # noqa: F401
+        return "tensorboard"
+    except ImportError:
+        return "none"
+
+
+def default_output_dir(data, size) -> str:
+    """Where finetune.py saves and generate.py looks, as the 2023 repo named it: saved-cot7b."""
+    return f"saved-{data_registry.name_of(data)}{size}b"
+
+
+def save_adapter(model, tokenizer, output_dir: Path):
+    """Write the adapter into a temporary folder beside it, then move each file into place."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=output_dir))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for f in ADAPTER_FILES:
+            if not (tmp / f).is_file() or (tmp / f).stat().st_size == 0:
+                raise RuntimeError(f"saving the adapter produced no {f}")
+        # Tokenizer first, adapter weights last: each os.replace is atomic.
+        names = sorted(p.name for p in tmp.iterdir())
+        for name in sorted(names, key=lambda n: n in ADAPTER_FILES):
+            os.replace(tmp / name, output_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finetune(
+    base_model: str = None,
+    size: int = 7,
+    data: str = "cot",
+    output_dir: str = None,
+    quantization: str = "8bit",
+    # training
+    batch_size: int = 128,
+    micro_batch_size: int = 4,
+    num_epochs: float = 3,
+    learning_rate: float = 3e-4,
+    cutoff_len: int = 512,
+    val_set_size: int = 2000,
+    warmup_steps: int = 100,
+    eval_steps: int = 200,
+    save_steps: int = 200,
+    save_total_limit: int = 3,
+    max_steps: int = -1,
+    logging_steps: int = 10,
+    seed: int = 42,
+    gradient_checkpointing: bool = False,
+    # lora
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.05,
+    lora_target_modules=("q_proj", "v_proj"),
+    # data and prompt
+    prompt_template_name: str = "alpaca",
+    train_on_inputs: bool = False,
+    group_by_length: bool = True,
+    skip_bad_records: bool = False,
+    # run
+    resume_from_checkpoint: str = None,
+    overwrite: bool = False,
+    report_to: str = "auto",
+    local_rank: int = None,  # passed by torch.distributed.launch; the env var LOCAL_RANK is what counts
+):
+    """Fine-tune a LLaMA-family model with LoRA on instruction data and save the adapter."""
+    started = time.time()
+    # ---- everything checked before a model is loaded ----
+    name = models.base_model_name(size, base_model)
+    models.check_quantization(quantization)
+    world = models.world_size()
+    for flag, value in (("batch_size", batch_size), ("micro_batch_size", micro_batch_size),
+                        ("cutoff_len", cutoff_len), ("lora_r", lora_r)):
+        if not isinstance(value, int) or value <= 0:
+            raise UserError(f"--{flag} must be a positive integer, got {value!r}")
+    if batch_size % (micro_batch_size * world):
+        raise UserError(f"--batch_size {batch_size} must be a multiple of --micro_batch_size {micro_batch_size}"
+                        f" x {world} processes")
+    accumulation = batch_size // (micro_batch_size * world)
+    output_dir = Path(output_dir or default_output_dir(data, size))
+    if resume_from_checkpoint not in (None, False, "auto", True) and not Path(str(resume_from_checkpoint)).is_dir():
+        raise UserError(f"--resume_from_checkpoint {resume_from_checkpoint} is not a folder")
+    if (output_dir / "adapter_model.safetensors").exists() and not (overwrite or resume_from_checkpoint):
+        raise UserError(f"{output_dir} already holds a trained adapter; pass another --output_dir, "
+                        "--resume_from_checkpoint auto, or --overwrite")
+    prompter = Prompter(prompt_template_name)
+    columns = data_registry.load(data, skip_bad_records, log=log)
+    tokenizer = models.load_tokenizer(name)
+    tokenizer.padding_side = "right"
+    overhead = prompt_overhead(tokenizer, prompter)
+    if cutoff_len <= overhead:
+        raise UserError(f"--cutoff_len {cutoff_len} is smaller than the prompt template alone ({overhead} tokens)")
+    n_records = len(columns["output"])
+    if val_set_size >= n_records:
+        raise UserError(f"--val_set_size {val_set_size} leaves no training data ({n_records} records); lower it")
+    target_modules = _as_list(lora_target_modules)
+
+    config = dict(base_model=name, data=data, files=[str(p) for p in data_registry.resolve(data)],
+                  output_dir=str(output_dir), quantization=quantization, batch_size=batch_size,
+                  micro_batch_size=micro_batch_size, gradient_accumulation_steps=accumulation, world_size=world,
+                  num_epochs=num_epochs, max_steps=max_steps, learning_rate=learning_rate, cutoff_len=cutoff_len,
+                  val_set_size=val_set_size, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                  lora_target_modules=target_modules, prompt_template=prompt_template_name,
+                  train_on_inputs=train_on_inputs, group_by_length=group_by_length,
+                  gradient_checkpointing=gradient_checkpointing, resume_from_checkpoint=resume_from_checkpoint,
+                  seed=seed, records=n_records)
+    log("alpaca-cot finetune\n" + json.dumps(config, indent=2, ensure_ascii=False))
+
+    # ---- data ----
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict(columns).map(
+        encode_batch, batched=True, batch_size=1000, remove_columns=["instruction", "input", "output", "source"],
+        fn_kwargs=dict(tokenizer=tokenizer, prompter=prompter, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs),
+        desc="tokenising", disable_nullable=True)
+    too_long = sum(dataset["prompt_too_long"])
+    if too_long:
+        dataset = dataset.filter(lambda b: [not x for x in b], input_columns="prompt_too_long", batched=True)
+        log(f"dropped {too_long} records whose prompt alone reaches cutoff_len {cutoff_len}")
+    if len(dataset) <= val_set_size:
+        raise UserError(f"no training data left after dropping over-long prompts ({len(dataset)} records)")
+    truncated = sum(dataset["truncated"])
+    log(f"{len(dataset)} records, {sum(dataset['length'])} tokens; {truncated} "
+        f"({100 * truncated / len(dataset):.1f}%) truncated at cutoff_len {cutoff_len}")
+    dataset = dataset.remove_columns(["truncated", "prompt_too_long"])
+    if val_set_size > 0:
+        split = dataset.train_test_split(test_size=val_set_size, shuffle=True, seed=seed)
+        train_data, val_data = split["train"], split["test"]
+    else:
+        train_data, val_data = dataset.shuffle(seed=seed), None
+
+    # ---- model ----
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
+    model = models.load_model(name, quantization)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        raise UserError(f"the tokenizer of {name} has {len(tokenizer)} tokens, more than the model's embeddings")
+    ckpt_kwargs = {"use_reentrant": False}
+    if quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=ckpt_kwargs)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+    lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
+                      bias="none", task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as e:
+        raise UserError(f"--lora_target_modules {target_modules}: {str(e).splitlines()[0]}") from None
+    if models.is_main_process():
+        model.print_trainable_parameters()
+
+    use_cuda = torch.cuda.is_available()
+    dtype = models.compute_dtype()
+    evaluate = val_data is not None
+    args = _training_args(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=micro_batch_size,
+        per_device_eval_batch_size=micro_batch_size,
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=num_epochs,
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        bf16=use_cuda and dtype == torch.bfloat16,
+        fp16=use_cuda and dtype == torch.float16,
+        use_cpu=not use_cuda,
+        logging_steps=logging_steps,
+        optim="adamw_torch",
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=eval_steps if evaluate else None,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=save_total_limit,
+        load_best_model_at_end=evaluate and save_steps % eval_steps == 0,
+        ddp_find_unused_parameters=False if world > 1 else None,
+        ddp_backend="gloo" if world > 1 and not use_cuda else None,
+        group_by_length=group_by_length,
+        length_column_name="length",
+        report_to=_report_to(report_to),
+        seed=seed,
+        data_seed=seed,
+        remove_unused_columns=True,
+        label_names=["labels"],
+    )
+    collator = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True,
+                                      label_pad_token_id=-100)
+    trainer = Trainer(model=model, args=args, train_dataset=train_data, eval_dataset=val_data,
+                      data_collator=collator, processing_class=tokenizer)
+
+    resume = resume_from_checkpoint
+    if resume in ("auto", True):
+        from transformers.trainer_utils import get_last_checkpoint
+        resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        log(f"resuming from {resume}" if resume else "no checkpoint to resume from; starting fresh")
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    if trainer.is_world_process_zero():
+        save_adapter(model, tokenizer, output_dir)
+        summary = dict(result.metrics, seconds=round(time.time() - started, 1), output_dir=str(output_dir))
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        log(f"saved the adapter to {output_dir} in {summary['seconds']} s")
+    return None

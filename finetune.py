@@ -1,0 +1,10 @@
+"""Fine-tune LLaMA with LoRA on instruction data: `python finetune.py --size 7 --data cot`.
+
+All flags: `python finetune.py --help`. The work happens in alpaca_cot/train.py.
+"""
+
+from alpaca_cot.cli import run
+from alpaca_cot.train import finetune
+
+if __name__ == "__main__":
+    run(finetune)

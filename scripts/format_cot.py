@@ -1,0 +1,91 @@
+"""Formats the FLAN chain-of-thought TSVs into one Alpaca-style JSON list.
+
+    python scripts/format_cot.py --src DIR [--out data/CoT_data.json] [--style original|clean]
+        [--seed 42] [--datasets all|aqua,creak,...] [--per_dataset_dir DIR]
+
+DIR holds <name>_train.tsv files; datasets missing there are skipped with a warning.
+Without --src the files are downloaded from FLAN into data/flan_cot/ (kept as a cache).
+"""
+
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tqdm import tqdm  # noqa: E402
+
+from alpaca_cot import DATA_DIR, cot  # noqa: E402
+from alpaca_cot.cli import UserError, run  # noqa: E402
+
+
+def write_json_atomic(records, path):
+    """Writes to a temp file beside path, then renames: path is either old or complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A plain open (not mkstemp) so the file gets the usual umask permissions, not 0600.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(records, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def parse_datasets(datasets):
+    if datasets == "all":
+        return list(cot.DATASETS)
+    # fire turns "aqua,creak" into a tuple already; a single name stays a string
+    names = datasets.split(",") if isinstance(datasets, str) else list(datasets)
+    names = [str(n).strip() for n in names if str(n).strip()]
+    unknown = [n for n in names if n not in cot.DATASETS]
+    if unknown or not names:
+        raise UserError(f"unknown dataset(s) {unknown or names}: choose from {', '.join(cot.DATASETS)}")
+    return names
+
+
+def main(src=None, out="data/CoT_data.json", style="original", seed=42, datasets="all",
+         per_dataset_dir=None):
+    start = time.perf_counter()
+    if style not in cot.STYLES:
+        raise UserError(f"unknown --style {style!r}: use one of {', '.join(cot.STYLES)}")
+    names = parse_datasets(datasets)
+    if src is None:
+        paths = {n: cot.download(n, DATA_DIR / "flan_cot") for n in names}
+    else:
+        if not Path(src).is_dir():
+            raise UserError(f"--src {src}: not a directory")
+        paths = {n: Path(src) / f"{n}_train.tsv" for n in names}
+        missing = [n for n, p in paths.items() if not p.is_file()]
+        if len(missing) == len(names):
+            raise UserError(f"--src {src}: none of {', '.join(f'{n}_train.tsv' for n in names)} found")
+        if missing:
+            print(f"warning: skipping datasets missing from {src}: {', '.join(missing)}", file=sys.stderr)
+        paths = {n: p for n, p in paths.items() if n not in missing}
+
+    templates = cot.load_templates()
+    rng = random.Random(seed)
+    formatted = {}
+    # Everything is read and formatted before anything is written, so bad input leaves no file.
+    for name, path in tqdm(paths.items(), desc="format", unit="set", disable=None):
+        formatted[name] = cot.format_dataset(name, cot.read_tsv(path, style), templates, rng)
+
+    merged = [r for records in formatted.values() for r in records]
+    write_json_atomic(merged, out)
+    if per_dataset_dir is not None:
+        for name, records in formatted.items():
+            write_json_atomic(records, Path(per_dataset_dir) / f"{name}_train.json")
+    for name, records in formatted.items():
+        print(f"{name:12s} {len(records):6d}")
+    print(f"{'total':12s} {len(merged):6d} -> {out} (style {style}, seed {seed}, "
+          f"{time.perf_counter() - start:.2f}s)")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,22 @@
+"""Build the tiny random-init LLaMA that the quick start trains: `python scripts/make_tiny_model.py`.
+
+`--tokenizer_model PATH` uses an existing SentencePiece model (e.g. LLaMA's) instead of
+training a small one on the demo data.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from alpaca_cot import tiny  # noqa: E402
+from alpaca_cot.cli import run  # noqa: E402
+
+
+def main(out="models/tiny-llama", tokenizer_model=None, hidden_size=128, layers=2, heads=4):
+    path = tiny.build(out, tokenizer_model, hidden_size, layers, heads)
+    print(f"wrote a tiny LLaMA to {path}")
+
+
+if __name__ == "__main__":
+    run(main)
