@@ -4,9 +4,14 @@ Every script calls `run(fn)`: a `UserError` raised anywhere below becomes
 `error: <message>` on stderr and exit code 2, never a traceback.
 """
 
+import functools
 import sys
+import warnings
 
 import fire
+
+# Noise from the stack on every run (peft calls a renamed transformers method).
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 
 class UserError(Exception):
@@ -19,7 +24,11 @@ def fail(message: str, code: int = 2):
 
 
 def run(fn):
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        fn(*args, **kwargs)  # whatever fn returns is for Python callers, not for fire to print
+
     try:
-        fire.Fire(fn)
+        fire.Fire(command)
     except UserError as e:
         fail(str(e))

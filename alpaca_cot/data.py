@@ -96,13 +96,15 @@ def _parse(path: Path) -> list[tuple[str, object]]:
     return rows
 
 
-def _check(record) -> tuple[dict | None, str | None]:
+def _check(record, require_output: bool = True) -> tuple[dict | None, str | None]:
     """A clean {instruction, input, output} record, or the reason it is bad."""
     if not isinstance(record, dict):
         return None, f"expected an object with instruction/input/output, got {type(record).__name__}"
     clean = {}
     for field in ("instruction", "output"):
         value = record.get(field)
+        if field == "output" and not require_output and (value is None or value == ""):
+            continue  # generation: no reference answer
         if value is None:
             return None, f"field '{field}' is missing"
         if not isinstance(value, str):
@@ -119,11 +121,11 @@ def _check(record) -> tuple[dict | None, str | None]:
     return clean, None
 
 
-def load_file(path: Path, skip_bad_records: bool = False) -> tuple[list[dict], int]:
-    """Valid records of one file and how many bad ones were skipped."""
+def load_file(path: Path, skip_bad_records: bool = False, require_output: bool = True) -> tuple[list[dict], int]:
+    """Valid records of one file and how many bad ones were skipped (generation needs no output)."""
     records, skipped = [], 0
     for place, raw in _parse(Path(path)):
-        clean, why = _check(raw)
+        clean, why = _check(raw, require_output)
         if clean is None:
             if not skip_bad_records:
                 raise UserError(f"{path}: {place}: {why} (pass --skip_bad_records to skip such records)")

@@ -33,7 +33,7 @@ def train_sentencepiece(out_file: Path, texts: list[str], vocab_size: int = 1024
         shutil.copy(f"{tmp}/sp.model", out_file)
 
 
-def build(out_dir, tokenizer_model=None, hidden_size=128, layers=2, heads=4, seed=0):
+def build(out_dir, tokenizer_model=None, hidden_size=128, layers=2, heads=4, seed=0, init_std=None):
     """Write a random-init LLaMA and its tokenizer to out_dir; returns the folder."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -52,9 +52,15 @@ def build(out_dir, tokenizer_model=None, hidden_size=128, layers=2, heads=4, see
         tokenizer = AutoTokenizer.from_pretrained(tmp)
         tokenizer.save_pretrained(out_dir)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 8 // 3,
+    # Wider than the usual 0.02: a tiny random LM head otherwise gives near-uniform logits
+    # that a LoRA adapter can barely move, and the demo would show no learning.
+    init_std = init_std or 2 / hidden_size ** 0.5
+    # LLaMA's 8/3 MLP ratio, rounded to a multiple of 64 as 4-bit kernels need.
+    intermediate = -(-hidden_size * 8 // 3 // 64) * 64
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=None, tie_word_embeddings=False)
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=None, tie_word_embeddings=False,
+                         initializer_range=init_std)
     LlamaForCausalLM(config).save_pretrained(out_dir)
     return out_dir

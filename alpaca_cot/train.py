@@ -259,4 +259,4 @@ def finetune(
         summary = dict(result.metrics, seconds=round(time.time() - started, 1), output_dir=str(output_dir))
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         log(f"saved the adapter to {output_dir} in {summary['seconds']} s")
-    return None
+    return trainer

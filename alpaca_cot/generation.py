@@ -1,0 +1,105 @@
+"""Reload a base model with its LoRA adapter and answer instructions.
+
+One `Generator` serves every mode of generate.py: a single answer, batches from a file
+(left padding), streaming for the interactive prompt, and the web page's callback.
+Answers are cut from the generated ids after the prompt, never by splitting text.
+"""
+
+import threading
+from pathlib import Path
+
+import torch
+
+from . import models
+from .cli import UserError
+from .preprocess import encode_prompt
+from .prompter import Prompter
+
+# Appended by --cot: the zero-shot chain-of-thought trigger.
+COT_TRIGGER = "Let's think step by step."
+
+
+def with_cot(instruction: str) -> str:
+    return f"{instruction.rstrip()} {COT_TRIGGER}"
+
+
+def decoding_kwargs(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, num_beams=1,
+                    repetition_penalty=1.0) -> dict:
+    """Greedy unless a sampling knob is set; beam search when num_beams > 1."""
+    if max_new_tokens <= 0:
+        raise UserError(f"--max_new_tokens must be positive, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or num_beams < 1:
+        raise UserError("decoding: need temperature >= 0, 0 < top_p <= 1, top_k >= 0, num_beams >= 1")
+    sample = temperature > 0
+    kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=sample,
+                  repetition_penalty=repetition_penalty)
+    if sample:
+        kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
+    else:  # keep the model's generation_config from adding sampling knobs to greedy/beam runs
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+class Generator:
+    def __init__(self, base_model: str, lora_weights: str | None, quantization: str = "none",
+                 prompt_template_name: str = "alpaca"):
+        models.check_quantization(quantization)
+        self.prompter = Prompter(prompt_template_name)
+        if lora_weights is not None and not (Path(lora_weights) / "adapter_config.json").is_file():
+            raise UserError(f"no adapter in {lora_weights} (adapter_config.json missing); train one with "
+                            "finetune.py or pass --lora_weights")
+        self.tokenizer = models.load_tokenizer(base_model)
+        self.tokenizer.padding_side = "left"
+        model = models.load_model(base_model, quantization)
+        if lora_weights is not None:
+            from peft import PeftModel
+
+            try:
+                model = PeftModel.from_pretrained(model, lora_weights)
+            except RuntimeError as e:  # size mismatch: trained on another base
+                first = str(e).strip().splitlines()
+                raise UserError(f"adapter {lora_weights} does not fit base model {base_model} "
+                                f"(trained on another base?): {first[1].strip() if len(first) > 1 else first[0]}") from None
+        model.eval()
+        model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        self.model = model
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def prompt(self, instruction: str, input: str = "", cot: bool = False) -> str:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise UserError("the instruction is empty")
+        return self.prompter.prompt(with_cot(instruction) if cot else instruction, input or "")
+
+    def _batch(self, prompts: list[str]) -> dict:
+        ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+        longest = max(map(len, ids))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (longest - len(x)) + x for x in ids], device=self.device)
+        mask = torch.tensor([[0] * (longest - len(x)) + [1] * len(x) for x in ids], device=self.device)
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], **decoding) -> list[str]:
+        """Answers for a batch of prompts (left-padded), in order."""
+        batch = self._batch(prompts)
+        out = self.model.generate(**batch, **decoding)
+        new = out[:, batch["input_ids"].shape[1]:]
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+
+    def stream(self, prompt: str, **decoding):
+        """Yields the answer piece by piece as tokens come (greedy or sampling; not beams)."""
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        batch = self._batch([prompt])
+        worker = threading.Thread(target=self._generate_into, args=(batch, streamer, decoding), daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
+
+    @torch.inference_mode()
+    def _generate_into(self, batch, streamer, decoding):
+        self.model.generate(**batch, streamer=streamer, **decoding)

@@ -1,0 +1,192 @@
+"""finetune.py on a tiny LLaMA with the real tokenizer and real shared data (CPU)."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alpaca_cot import cot
+from alpaca_cot.cli import UserError
+from alpaca_cot.train import finetune
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory, shared_dir):
+    """160 alpaca records + 160 formatted FLAN CoT rows (creak and gsm8k), as one JSON list."""
+    alpaca = json.loads((shared_dir / "data" / "alpaca_cleaned.sample.json").read_text(encoding="utf-8"))
+    alpaca = [r for r in alpaca if r["output"].strip()][:160]
+    templates, rng = cot.load_templates(), random.Random(0)
+    cot_rows = []
+    for name in ("creak", "gsm8k"):
+        rows = cot.read_tsv(shared_dir / "data" / "flan_cot" / f"{name}_train.tsv", "clean")[:80]
+        cot_rows += cot.format_dataset(name, rows, templates, rng)
+    path = tmp_path_factory.mktemp("data") / "train.json"
+    path.write_text(json.dumps(alpaca + cot_rows, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def small_run(base, data, out, **overrides):
+    flags = dict(base_model=str(base), data=str(data), output_dir=str(out), quantization="none", batch_size=8,
+                 micro_batch_size=4, max_steps=30, learning_rate=5e-3, cutoff_len=256, val_set_size=0,
+                 warmup_steps=2, save_steps=1000, logging_steps=5, report_to="none", lora_target_modules=ALL_LINEAR)
+    flags.update(overrides)
+    return finetune(**flags)
+
+
+def mean_loss(model, tokenizer, records):
+    from alpaca_cot.preprocess import encode_batch
+    from alpaca_cot.prompter import Prompter
+
+    batch = {k: [r[k] for r in records] for k in ("instruction", "input", "output")}
+    enc = encode_batch(batch, tokenizer, Prompter("alpaca"), cutoff_len=256)
+    losses = []
+    with torch.no_grad():
+        for ids, labels in zip(enc["input_ids"], enc["labels"]):
+            out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+            losses.append(out.loss.item())
+    return sum(losses) / len(losses)
+
+
+def logits(model, tokenizer):
+    ids = tokenizer(["Give three tips for staying healthy."], return_tensors="pt")
+    with torch.no_grad():
+        return model(**ids).logits
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama, train_file):
+    out = tmp_path_factory.mktemp("run") / "adapter"
+    trainer = small_run(tiny_llama, train_file, out, val_set_size=16, eval_steps=10, save_steps=10, learning_rate=2e-2)
+    return out, trainer
+
+
+def test_training_lowers_loss_and_saves_a_real_adapter(trained, tiny_llama, train_file):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from alpaca_cot.models import load_tokenizer
+
+    out, trainer = trained
+    assert (out / "adapter_config.json").is_file()
+    weights = load_file(out / "adapter_model.safetensors")
+    assert len(weights) == 2 * 7 * 2  # A and B for 7 modules in 2 layers
+    assert any(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)  # B starts at zero
+    assert not list(out.glob(".saving-*")), "temporary save folder left behind"
+
+    tokenizer = load_tokenizer(str(tiny_llama))
+    records = json.loads(Path(train_file).read_text(encoding="utf-8"))[::10]
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+    before = mean_loss(base, tokenizer, records)
+    base_logits = logits(base, tokenizer)
+    reloaded = PeftModel.from_pretrained(base, str(out)).eval()
+    after = mean_loss(reloaded, tokenizer, records)
+    assert after < before - 0.5, (before, after)
+    # The saved adapter is the trained model: identical logits, and different from the base.
+    trained_model = trainer.model.eval()
+    assert torch.equal(logits(reloaded, tokenizer), logits(trained_model, tokenizer))
+    assert not torch.allclose(logits(reloaded, tokenizer), base_logits)
+    assert trainer.state.global_step == 30
+
+
+def test_rerun_refuses_to_overwrite_an_adapter(trained, tiny_llama, train_file):
+    out, _ = trained
+    before = (out / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="already holds a trained adapter"):
+        small_run(tiny_llama, train_file, out)
+    assert (out / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_resume_continues_from_checkpoint(tmp_path, tiny_llama, train_file):
+    out = tmp_path / "run"
+    first = small_run(tiny_llama, train_file, out, max_steps=4, save_steps=2, logging_steps=1)
+    assert first.state.global_step == 4 and (out / "checkpoint-4").is_dir()
+    second = small_run(tiny_llama, train_file, out, max_steps=6, save_steps=2, logging_steps=1,
+                       resume_from_checkpoint="auto")
+    assert second.state.global_step == 6
+    steps = [h["step"] for h in second.state.log_history if "loss" in h]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the log history came back from the checkpoint
+    # The optimizer state was restored, not restarted: Adam's step counter continued from 4.
+    state = second.optimizer.state_dict()["state"]
+    assert all(int(s["step"]) == 6 for s in state.values())
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_kbit_paths_train_and_reload_on_cpu(tmp_path, tiny_llama, train_file, quantization):
+    """bitsandbytes' CPU path: the same code that runs on the GPU, around the CUDA kernels."""
+    from peft import PeftModel
+
+    from alpaca_cot import models
+
+    out = tmp_path / quantization
+    trainer = small_run(tiny_llama, train_file, out, quantization=quantization, max_steps=4)
+    assert (out / "adapter_model.safetensors").stat().st_size > 0
+    base = models.load_model(str(tiny_llama), quantization)
+    reloaded = PeftModel.from_pretrained(base, str(out)).eval()
+    tokenizer = models.load_tokenizer(str(tiny_llama))
+    got, want = logits(reloaded, tokenizer), logits(trainer.model.eval(), tokenizer)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got, want, atol=0.2 if quantization == "4bit" else 1e-4)
+
+
+def run_cli(*args, env=None, cwd=ROOT):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_ddp_torchrun_and_distributed_launch_on_gloo(tmp_path, tiny_llama, train_file):
+    common = ["finetune.py", "--base_model", str(tiny_llama), "--data", str(train_file), "--quantization", "none",
+              "--batch_size", "8", "--micro_batch_size", "2", "--max_steps", "3", "--val_set_size", "0",
+              "--cutoff_len", "128", "--report_to", "none", "--save_steps", "1000"]
+    for launcher in (["-m", "torch.distributed.run"], ["-m", "torch.distributed.launch"]):
+        out = tmp_path / launcher[1].replace(".", "_")
+        proc = run_cli(*launcher, "--nproc_per_node", "2", *common, "--output_dir", str(out))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        config = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.index("}") + 1])
+        assert config["world_size"] == 2 and config["gradient_accumulation_steps"] == 2  # 8 / (2 x 2)
+        assert proc.stdout.count("alpaca-cot finetune") == 1  # only rank 0 prints and writes
+        assert (out / "adapter_model.safetensors").is_file()
+
+
+BAD_INPUTS = {
+    "unknown size": (["--size", "8"], "unknown --size"),
+    "missing data file": (["--data", "/nonexistent/x.json"], "/nonexistent/x.json not found"),
+    "empty dataset": (["--data", "{empty}"], "holds no usable records"),
+    "cutoff below the prompt": (["--cutoff_len", "20"], "smaller than the prompt template"),
+    "micro batch not dividing": (["--batch_size", "10", "--micro_batch_size", "4"], "multiple of --micro_batch_size"),
+    "base model missing": (["--base_model", "/nonexistent/model"], "base model /nonexistent/model not found"),
+    "bitsandbytes broken": (["--quantization", "8bit"], "needs a working bitsandbytes"),
+    "unknown quantization": (["--quantization", "3bit"], "unknown --quantization"),
+    "val set eats the data": (["--val_set_size", "5000"], "leaves no training data"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_fails_in_one_line_and_writes_nothing(case, tmp_path, tiny_llama, train_file):
+    args, message = BAD_INPUTS[case]
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    args = [a.replace("{empty}", str(empty)) for a in args]
+    env = None
+    if case == "bitsandbytes broken":
+        fake = tmp_path / "fake"
+        fake.mkdir()
+        (fake / "bitsandbytes.py").write_text("raise ImportError('libbitsandbytes_cuda not found')\n")
+        import os
+        env = dict(os.environ, PYTHONPATH=str(fake))
+    base = [] if "--base_model" in args or "--size" in args else ["--base_model", str(tiny_llama)]
+    data = [] if "--data" in args else ["--data", str(train_file)]
+    quantization = [] if "--quantization" in args else ["--quantization", "none"]
+    out = tmp_path / "out"
+    proc = run_cli("finetune.py", *base, *data, *quantization, *args, "--output_dir", str(out), env=env)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
