@@ -60,7 +60,10 @@ def resolve(data, data_dir: Path = DATA_DIR) -> list[Path]:
             if not path.is_file():
                 raise UserError(f"dataset {name!r} needs {path}, which is missing: {source.how_to_get}")
             paths.append(path)
-    return list(dict.fromkeys(paths))
+    unique = {}
+    for path in paths:  # the same file named twice (demo,data/demo.json) is read once
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def name_of(data) -> str:
@@ -72,7 +75,7 @@ def name_of(data) -> str:
 def _parse(path: Path) -> list[tuple[str, object]]:
     """The raw records of one file, each with its place ('record 3' or 'line 4') for messages."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not an error
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if path.suffix != ".jsonl":
@@ -81,18 +84,19 @@ def _parse(path: Path) -> list[tuple[str, object]]:
         except json.JSONDecodeError as e:
             # Some `.json` files in the wild are JSON Lines (BELLE's eval set): read those as such.
             if not (e.msg == "Extra data" and text.lstrip().startswith("{")):
-                raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+                raise UserError(f"{path}: not valid JSON ({e.msg}; line {e.lineno} column {e.colno})") from None
         else:
             if not isinstance(obj, list):
                 raise UserError(f"{path}: expected a JSON list of records, got a {type(obj).__name__}")
             return [(f"record {i}", r) for i, r in enumerate(obj)]
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # split("\n"), not splitlines(): U+2028 and friends are legal inside JSON strings.
+    for n, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 rows.append((f"line {n}", json.loads(line)))
             except json.JSONDecodeError as e:
-                raise UserError(f"{path}: line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise UserError(f"{path}: line {n}: not valid JSON ({e.msg}; column {e.colno})") from None
     return rows
 
 
@@ -103,7 +107,7 @@ def _check(record, require_output: bool = True) -> tuple[dict | None, str | None
     clean = {}
     for field in ("instruction", "output"):
         value = record.get(field)
-        if field == "output" and not require_output and (value is None or value == ""):
+        if field == "output" and not require_output and (value is None or str(value).strip() == ""):
             continue  # generation: no reference answer
         if value is None:
             return None, f"field '{field}' is missing"

@@ -6,6 +6,8 @@ Labels are -100 on the prompt (unless train_on_inputs) and the ids elsewhere. A 
 than cutoff_len is cut, keeping its final EOS so that the model still learns to stop.
 """
 
+from bisect import bisect_left
+
 IGNORE = -100
 
 
@@ -19,7 +21,7 @@ def encode_batch(batch: dict, tokenizer, prompter, cutoff_len: int, train_on_inp
     eos = tokenizer.eos_token_id
     out = {"input_ids": [], "labels": [], "length": [], "truncated": [], "prompt_too_long": []}
     for prompt, ids, offsets in zip(prompts, enc["input_ids"], enc["offset_mapping"]):
-        n_prompt = len(bos) + sum(1 for start, _ in offsets if start < len(prompt))
+        n_prompt = len(bos) + bisect_left(offsets, len(prompt), key=lambda span: span[0])
         ids = bos + ids
         truncated = len(ids) + 1 > cutoff_len
         ids = ids[: cutoff_len - 1] + [eos]

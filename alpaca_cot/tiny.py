@@ -1,4 +1,5 @@
-"""A tiny LLaMA built from a config, for the quick start and the tests: no download anywhere.
+"""A random-init LLaMA built from a config: tiny for the quick start and the tests, or of a
+real shape (7b, 13b) for GPU benchmarks, since no weights can be downloaded here.
 
 The tokenizer is either a given SentencePiece `.model` (the tests use the real LLaMA one) or
 one trained here on the demo data with LLaMA's settings (BPE, byte fallback, no pad id).
@@ -33,7 +34,11 @@ def train_sentencepiece(out_file: Path, texts: list[str], vocab_size: int = 1024
         shutil.copy(f"{tmp}/sp.model", out_file)
 
 
-def build(out_dir, tokenizer_model=None, hidden_size=128, layers=2, heads=4, seed=0, init_std=None):
+# LLaMA-1 shapes: hidden size, MLP size, layers, heads.
+SHAPES = {"7b": (4096, 11008, 32, 32), "13b": (5120, 13824, 40, 40)}
+
+
+def build(out_dir, tokenizer_model=None, hidden_size=128, layers=2, heads=4, seed=0, init_std=None, shape=None):
     """Write a random-init LLaMA and its tokenizer to out_dir; returns the folder."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -54,13 +59,20 @@ def build(out_dir, tokenizer_model=None, hidden_size=128, layers=2, heads=4, see
     torch.manual_seed(seed)
     # Wider than the usual 0.02: a tiny random LM head otherwise gives near-uniform logits
     # that a LoRA adapter can barely move, and the demo would show no learning.
-    init_std = init_std or 2 / hidden_size ** 0.5
     # LLaMA's 8/3 MLP ratio, rounded to a multiple of 64 as 4-bit kernels need.
     intermediate = -(-hidden_size * 8 // 3 // 64) * 64
+    if shape:
+        hidden_size, intermediate, layers, heads = SHAPES[shape]
+    init_std = init_std or (0.02 if shape else 2 / hidden_size ** 0.5)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=None, tie_word_embeddings=False,
                          initializer_range=init_std)
-    LlamaForCausalLM(config).save_pretrained(out_dir)
+    if shape and torch.cuda.is_available():  # billions of parameters: initialise on the GPU, in bf16
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(config).to(torch.bfloat16)
+    else:
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir)
     return out_dir

@@ -59,6 +59,64 @@ def _report_to(report_to):
         return "none"
 
 
+class CountingCollator:
+    """DataCollatorForSeq2Seq that also counts real and padded tokens, on the CPU (no GPU sync)."""
+
+    def __init__(self, tokenizer, collate=None):
+        from transformers import DataCollatorForSeq2Seq
+
+        self.collate = collate or DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt",
+                                                         padding=True, label_pad_token_id=-100)
+        self.real_tokens = self.padded_tokens = 0
+
+    def __call__(self, features):
+        batch = self.collate(features)
+        self.real_tokens += int(batch["attention_mask"].sum())
+        self.padded_tokens += batch["input_ids"].numel()
+        return batch
+
+
+def throughput_callback(collator: CountingCollator, warmup_steps: int, world: int):
+    """Steady-state speed: tokens and seconds from the end of step `warmup_steps` to the end."""
+    from transformers import TrainerCallback
+
+    def sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter(), collator.real_tokens, collator.padded_tokens
+
+    class Throughput(TrainerCallback):
+        start = end = None
+        steps = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.first_step = state.global_step  # later than 0 when resuming
+            if torch.cuda.is_available():  # training's peak, not loading's (quantizing on load peaks higher)
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == self.first_step + warmup_steps:
+                self.start = sync()
+
+        def on_train_end(self, args, state, control, **kw):
+            self.end = sync()
+            self.steps = state.global_step - self.first_step - warmup_steps
+
+        def metrics(self) -> dict:
+            if self.start is None or self.steps <= 0:
+                return {}
+            seconds = self.end[0] - self.start[0]
+            real, padded = self.end[1] - self.start[1], self.end[2] - self.start[2]
+            out = {"real_tokens_per_s": round(world * real / seconds, 1),
+                   "padded_tokens_per_s": round(world * padded / seconds, 1),
+                   "padding_share": round(1 - real / padded, 4), "measured_steps": self.steps}
+            if torch.cuda.is_available():
+                out["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            return out
+
+    return Throughput()
+
+
 def default_output_dir(data, size) -> str:
     """Where finetune.py saves and generate.py looks, as the 2023 repo named it: saved-cot7b."""
     return f"saved-{data_registry.name_of(data)}{size}b"
@@ -187,7 +245,7 @@ def finetune(
 
     # ---- model ----
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import DataCollatorForSeq2Seq, Trainer
+    from transformers import Trainer
 
     model = models.load_model(name, quantization)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
@@ -242,10 +300,11 @@ def finetune(
         remove_unused_columns=True,
         label_names=["labels"],
     )
-    collator = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True,
-                                      label_pad_token_id=-100)
+    collator = CountingCollator(tokenizer)
+    speed = throughput_callback(collator, warmup_steps=min(5, max(1, (max_steps if max_steps > 0 else 50) // 5)),
+                                world=world)
     trainer = Trainer(model=model, args=args, train_dataset=train_data, eval_dataset=val_data,
-                      data_collator=collator, processing_class=tokenizer)
+                      data_collator=collator, processing_class=tokenizer, callbacks=[speed])
 
     resume = resume_from_checkpoint
     if resume in ("auto", True):
@@ -256,7 +315,9 @@ def finetune(
 
     if trainer.is_world_process_zero():
         save_adapter(model, tokenizer, output_dir)
-        summary = dict(result.metrics, seconds=round(time.time() - started, 1), output_dir=str(output_dir))
+        summary = dict(result.metrics, **speed.metrics(), seconds=round(time.time() - started, 1),
+                       output_dir=str(output_dir), quantization=quantization)
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        log("speed: " + ", ".join(f"{k} {v}" for k, v in speed.metrics().items()))
         log(f"saved the adapter to {output_dir} in {summary['seconds']} s")
     return trainer

@@ -7,8 +7,6 @@ DIR holds <name>_train.tsv files; datasets missing there are skipped with a warn
 Without --src the files are downloaded from FLAN into data/flan_cot/ (kept as a cache).
 """
 
-import json
-import os
 import random
 import sys
 import time
@@ -20,22 +18,7 @@ from tqdm import tqdm  # noqa: E402
 
 from alpaca_cot import DATA_DIR, cot  # noqa: E402
 from alpaca_cot.cli import UserError, run  # noqa: E402
-
-
-def write_json_atomic(records, path):
-    """Writes to a temp file beside path, then renames: path is either old or complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A plain open (not mkstemp) so the file gets the usual umask permissions, not 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(records, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+from alpaca_cot.io import write_json_atomic  # noqa: E402
 
 
 def parse_datasets(datasets):

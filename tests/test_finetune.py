@@ -140,13 +140,22 @@ def run_cli(*args, env=None, cwd=ROOT):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_torchrun_and_distributed_launch_on_gloo(tmp_path, tiny_llama, train_file):
     common = ["finetune.py", "--base_model", str(tiny_llama), "--data", str(train_file), "--quantization", "none",
               "--batch_size", "8", "--micro_batch_size", "2", "--max_steps", "3", "--val_set_size", "0",
               "--cutoff_len", "128", "--report_to", "none", "--save_steps", "1000"]
     for launcher in (["-m", "torch.distributed.run"], ["-m", "torch.distributed.launch"]):
         out = tmp_path / launcher[1].replace(".", "_")
-        proc = run_cli(*launcher, "--nproc_per_node", "2", *common, "--output_dir", str(out))
+        port = free_port()  # not the default 29500, which another run on this machine may hold
+        proc = run_cli(*launcher, "--nproc_per_node", "2", "--master_port", str(port), *common, "--output_dir", str(out))
         assert proc.returncode == 0, proc.stderr[-3000:]
         config = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.index("}") + 1])
         assert config["world_size"] == 2 and config["gradient_accumulation_steps"] == 2  # 8 / (2 x 2)

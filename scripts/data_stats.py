@@ -1,0 +1,57 @@
+"""Token-length statistics of training data, per source file and in total.
+
+    python scripts/data_stats.py --data alpaca-belle-cot [--base_model PATH_OR_ID | --size 7]
+        [--cutoff_len 512] [--prompt_template_name alpaca] [--skip_bad_records] [--json OUT] [--num_proc N]
+
+Records, tokenizer and prompt go through the same code as finetune.py, so the lengths
+(BOS and EOS included) are those training sees; `>cutoff` counts the records it would cut.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from alpaca_cot import data as data_registry  # noqa: E402
+from alpaca_cot import models  # noqa: E402
+from alpaca_cot.cli import UserError, run  # noqa: E402
+from alpaca_cot.io import write_json_atomic  # noqa: E402
+from alpaca_cot.prompter import Prompter  # noqa: E402
+from alpaca_cot.stats import length_stats  # noqa: E402
+
+HEADER = (f"{'source':24s} {'records':>8s} {'empty_in':>8s} {'p50':>6s} {'p90':>6s} {'p99':>6s} {'max':>6s} "
+          f"{'>cutoff':>8s} {'%':>6s} {'prompt':>7s} {'response':>8s}")
+
+
+def row(name: str, s: dict) -> str:
+    return (f"{name[:24]:24s} {s['records']:8d} {100 * s['empty_input_share']:7.1f}% {s['p50']:6d} {s['p90']:6d} "
+            f"{s['p99']:6d} {s['max']:6d} {s['over_cutoff']:8d} {s['over_cutoff_pct']:6.2f} "
+            f"{s['prompt_mean']:7.1f} {s['response_mean']:8.1f}")
+
+
+def main(data="cot", base_model=None, size=7, cutoff_len=512, prompt_template_name="alpaca",
+         skip_bad_records=False, json=None, num_proc=None):
+    start = time.perf_counter()
+    if not isinstance(cutoff_len, int) or isinstance(cutoff_len, bool) or cutoff_len <= 0:
+        raise UserError(f"--cutoff_len must be a positive integer, got {cutoff_len!r}")
+    prompter = Prompter(prompt_template_name)
+    columns = data_registry.load(data, skip_bad_records, log=lambda m: print(m, file=sys.stderr))
+    tokenizer = models.load_tokenizer(models.base_model_name(size, base_model))
+    stats = length_stats(columns, tokenizer, prompter, cutoff_len, num_proc)
+
+    print(f"token lengths (BOS+prompt+response+EOS), template {prompter.name}, cutoff_len {cutoff_len}; "
+          "prompt/response: mean tokens")
+    print(HEADER)
+    for name, s in stats["sources"].items():
+        print(row(name, s))
+    print(row("total", stats["total"]))
+    if json is not None:
+        write_json_atomic(dict(data=str(data), base_model=tokenizer.name_or_path, template=prompter.name,
+                               cutoff_len=cutoff_len, **stats), json)
+    print(f"{stats['total']['records']} records in {time.perf_counter() - start:.1f}s"
+          + (f" -> {json}" if json is not None else ""))
+
+
+if __name__ == "__main__":
+    run(main)
