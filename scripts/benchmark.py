@@ -1,0 +1,274 @@
+"""GPU benchmark of the project's recipes against the 2023 one, side by side in one run.
+
+    python scripts/benchmark.py [--shape 7b] [--recipes legacy,8bit,4bit,none] [--out benchmarks/h100.json]
+
+Builds a random-init LLaMA of the chosen shape (no weights are downloadable), takes sample
+lengths from real data through the project's own pipeline (formatted FLAN CoT and the alpaca
+sample from ../shared), and runs each recipe in its own process:
+  legacy   the 2023 recipe reproduced: int8, gradient checkpointing, fp16, padded to 512, micro-batch 4
+  8bit, 4bit, none   finetune.py as users run it (`none:16` = none with --micro_batch_size 16)
+Then generation (ms/token at batch 1, tokens/s at batch 32, 128 new tokens).
+`python scripts/benchmark.py data_path --data D --model M` measures the CPU data path alone.
+Prints a table and writes the figures, card, versions and date as JSON.
+"""
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from alpaca_cot import ROOT, cot  # noqa: E402
+from alpaca_cot.cli import UserError, run  # noqa: E402
+
+LORA_FLOPS_PER_TOKEN_PER_PARAM = 4  # forward 2N + input gradients 2N; frozen weights get no gradient
+
+
+def matmul_peak_tflops(n=8192, iters=10) -> float:
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n ** 3 * iters / (time.perf_counter() - t) / 1e12
+
+
+def make_data(shared: Path, out: Path) -> Path:
+    """All formatted FLAN CoT rows in ../shared (clean style) plus the alpaca sample."""
+    templates, rng, records = cot.load_templates(), random.Random(0), []
+    for tsv in sorted((shared / "data" / "flan_cot").glob("*_train.tsv")):
+        name = tsv.name.removesuffix("_train.tsv")
+        records += cot.format_dataset(name, cot.read_tsv(tsv, "clean"), templates, rng)
+    alpaca = json.loads((shared / "data" / "alpaca_cleaned.sample.json").read_text(encoding="utf-8"))
+    records += [r for r in alpaca if r["output"].strip()]
+    out.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
+def sh(args: list[str], log: Path) -> int:
+    print("$", " ".join(args), flush=True)
+    with open(log, "w") as f:
+        proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if proc.returncode:
+        print(f"  failed ({proc.returncode}); last lines of {log}:\n" + "".join(open(log).readlines()[-15:]))
+    return proc.returncode
+
+
+def legacy_2023(model: str, data: str, steps: int = 12, out: str = "legacy.json"):
+    """The 2023 Alpaca-CoT recipe, reproduced for comparison (not a finetune.py option)."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, DataCollatorForLanguageModeling, Trainer
+
+    from alpaca_cot import data as registry, models
+    from alpaca_cot.preprocess import encode_batch
+    from alpaca_cot.prompter import Prompter
+    from alpaca_cot.train import CountingCollator, _training_args, throughput_callback
+
+    tokenizer = models.load_tokenizer(model)
+    dataset = Dataset.from_dict(registry.load(data)).shuffle(seed=0).select(range(steps * 4 + 64))
+    dataset = dataset.map(encode_batch, batched=True, remove_columns=dataset.column_names,
+                          fn_kwargs=dict(tokenizer=tokenizer, prompter=Prompter("alpaca"), cutoff_len=512))
+
+    def pad_512(b):  # what 2023's tokenize(padding="max_length") produced
+        ids = [x + [tokenizer.pad_token_id] * (512 - len(x)) for x in b["input_ids"]]
+        return {"input_ids": ids, "attention_mask": [[1] * len(x) + [0] * (512 - len(x)) for x in b["input_ids"]]}
+
+    dataset = dataset.map(pad_512, batched=True, remove_columns=dataset.column_names)
+    lm = AutoModelForCausalLM.from_pretrained(model, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+                                              dtype=torch.float16, device_map={"": 0})
+    lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=True)
+    lm = get_peft_model(lm, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
+                                       task_type="CAUSAL_LM"))
+    collator = CountingCollator(tokenizer, DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    speed = throughput_callback(collator, warmup_steps=2, world=1)
+    args = _training_args(output_dir="/tmp/legacy-2023", per_device_train_batch_size=4, max_steps=steps,
+                          learning_rate=3e-4, fp16=True, logging_steps=10, save_strategy="no", report_to="none",
+                          group_by_length=False, remove_unused_columns=False)
+    Trainer(model=lm, args=args, train_dataset=dataset, data_collator=collator, callbacks=[speed]).train()
+    Path(out).write_text(json.dumps(speed.metrics()))
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def generation(model: str, adapter: str, quantization: str = "none", out: str = "gen.json", new_tokens: int = 128,
+               variants: str = "eager"):
+    """ms/token at batch 1 and tokens/s at batch 32, greedy, exactly new_tokens tokens each."""
+    from alpaca_cot.generation import Generator
+
+    gen = Generator(model, adapter, quantization)
+    prompts = [gen.prompt(f"Explain step by step why {n} is or is not a prime number.") for n in range(100, 132)]
+    results = {}
+    for variant in variants.split(","):
+        if variant == "merged":
+            gen.model = gen.model.merge_and_unload()
+        kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                      temperature=None, top_p=None, top_k=None)
+        if variant == "static-compiled":  # transformers compiles the forward itself for a static cache
+            kwargs.update(cache_implementation="static")
+        row = {}
+        for batch in (1, 32):
+            gen.generate(prompts[:batch], **dict(kwargs, max_new_tokens=8, min_new_tokens=8))  # warm-up
+            if variant == "static-compiled":
+                gen.generate(prompts[:batch], **kwargs)  # compile for the real length too
+            sync()
+            t = time.perf_counter()
+            gen.generate(prompts[:batch], **kwargs)
+            sync()
+            seconds = time.perf_counter() - t
+            row[f"batch{batch}"] = {"ms_per_token": round(1000 * seconds / new_tokens, 2),
+                                    "tokens_per_s": round(batch * new_tokens / seconds, 1)}
+        if torch.cuda.is_available():
+            row["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        results[variant] = row
+        print(variant, row, flush=True)
+    Path(out).write_text(json.dumps(results))
+
+
+def data_path(data: str, model: str, records: int = 600_000, legacy_records: int = 20_000):
+    """CPU records/s for format + tokenise + mask: the project's batched single pass against the 2023
+    way (one record at a time, tokenising the prompt and the full text, padding to 512)."""
+    from datasets import Dataset
+
+    from alpaca_cot import data as registry, models
+    from alpaca_cot.preprocess import encode_batch
+    from alpaca_cot.prompter import Prompter
+
+    tokenizer, prompter = models.load_tokenizer(model), Prompter("alpaca")
+    columns = registry.load(data)
+    reps = -(-records // len(columns["output"]))
+    big = Dataset.from_dict({k: (v * reps)[:records] for k, v in columns.items()})
+    t = time.perf_counter()
+    big.map(encode_batch, batched=True, batch_size=1000, remove_columns=big.column_names,
+            fn_kwargs=dict(tokenizer=tokenizer, prompter=prompter, cutoff_len=512))
+    ours = records / (time.perf_counter() - t)
+
+    def legacy(r):
+        prompt = prompter.prompt(r["instruction"], r["input"])
+        full = tokenizer(prompt + r["output"], truncation=True, max_length=513, padding="max_length")
+        n_prompt = len(tokenizer(prompt, truncation=True, max_length=513)["input_ids"])
+        ids = full["input_ids"][:-1]
+        return {"input_ids": ids, "attention_mask": full["attention_mask"][:-1],
+                "labels": [-100] * n_prompt + ids[n_prompt:]}
+
+    small = big.select(range(legacy_records))
+    t = time.perf_counter()
+    small.map(legacy, remove_columns=small.column_names)
+    theirs = legacy_records / (time.perf_counter() - t)
+    result = {"records": records, "records_per_s": round(ours), "legacy_records_per_s": round(theirs),
+              "x_legacy": round(ours / theirs, 1)}
+    print(json.dumps(result))
+    return result
+
+
+def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,none,none:16", steps: int = 60,
+         shared: str = None, work_dir: str = "/tmp/alpaca-cot-bench", out: str = None, generation_runs: str = "none,8bit",
+         gen_variants: str = "eager,merged,static-compiled"):
+    if not torch.cuda.is_available():
+        raise UserError("the benchmark needs a CUDA GPU")
+    from alpaca_cot import tiny
+
+    shared = Path(shared or ROOT.parent / "shared")
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    card = torch.cuda.get_device_name(0)
+    import peft
+    import transformers
+    try:
+        import bitsandbytes
+        bnb_version = bitsandbytes.__version__
+    except ImportError:
+        bnb_version = None
+    report = {"card": card, "date": time.strftime("%Y-%m-%d"), "shape": shape,
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                           "peft": peft.__version__, "bitsandbytes": bnb_version},
+              "matmul_peak_tflops": round(matmul_peak_tflops(), 1), "train": {}, "generation": {}}
+    print(json.dumps(report, indent=1), flush=True)
+    model = work / f"llama-{shape}"
+    if not (model / "config.json").exists():
+        t = time.time()
+        tokenizer_model = shared / "tokenizers" / "llama" / "tokenizer.model"
+        tiny.build(model, tokenizer_model=tokenizer_model if tokenizer_model.exists() else None, shape=shape)
+        print(f"built a random-init {shape} model in {time.time() - t:.0f} s", flush=True)
+    data = make_data(shared, work / "bench_data.json")
+    config = json.loads((model / "config.json").read_text())
+    h, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    # Matmul parameters: attention and MLP weights of every layer, plus the LM head (embedding lookups cost none).
+    n_params = layers * (4 * h * h + 3 * h * config["intermediate_size"]) + vocab * h
+    flops_per_token = LORA_FLOPS_PER_TOKEN_PER_PARAM * n_params
+    for recipe in recipes.split(","):
+        result = work / f"{recipe.replace(':', '-')}.json"
+        if recipe == "legacy":
+            rc = sh([sys.executable, __file__, "legacy_2023", "--model", str(model), "--data", str(data),
+                     "--out", str(result)], work / "legacy.log")
+            metrics = json.loads(result.read_text()) if rc == 0 else None
+        else:
+            quantization, _, micro = recipe.partition(":")
+            run_dir = work / f"run-{recipe.replace(':', '-')}"
+            args = [sys.executable, "finetune.py", "--base_model", str(model), "--data", str(data),
+                    "--quantization", quantization, "--max_steps", str(steps), "--val_set_size", "0",
+                    "--output_dir", str(run_dir), "--overwrite", "--report_to", "none", "--save_steps", "100000",
+                    "--logging_steps", "20"]
+            micro = int(micro) if micro else 4
+            args += ["--micro_batch_size", str(micro), "--batch_size", str(micro)]  # one micro-batch a step
+            rc = sh(args, work / f"{run_dir.name}.log")
+            metrics = json.loads((run_dir / "train_summary.json").read_text()) if rc == 0 else None
+        if metrics:
+            metrics["mfu"] = round(metrics["real_tokens_per_s"] * flops_per_token / 1e12 / report["matmul_peak_tflops"], 4)
+            metrics = {k: metrics[k] for k in ("real_tokens_per_s", "padded_tokens_per_s", "padding_share",
+                                               "peak_gpu_gib", "mfu", "measured_steps") if k in metrics}
+        report["train"][recipe] = metrics
+        print(recipe, metrics, flush=True)
+    base = (report["train"].get("legacy") or {}).get("real_tokens_per_s")
+    for recipe, metrics in report["train"].items():
+        if metrics and base:
+            metrics["x_legacy"] = round(metrics["real_tokens_per_s"] / base, 2)
+    adapter = work / "run-none"
+    for quantization in [q for q in generation_runs.split(",") if q]:
+        result = work / f"gen-{quantization}.json"
+        variants = gen_variants if quantization == "none" else "eager"
+        rc = sh([sys.executable, __file__, "generation", "--model", str(model), "--adapter", str(adapter),
+                 "--quantization", quantization, "--out", str(result), "--variants", variants],
+                work / f"gen-{quantization}.log")
+        report["generation"][quantization] = json.loads(result.read_text()) if rc == 0 else None
+    print_table(report)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2))
+        print(f"wrote {out}")
+
+
+def print_table(report):
+    print(f"\n{report['card']}, {report['shape']} shape, bf16 matmul peak {report['matmul_peak_tflops']} TFLOP/s")
+    print(f"{'recipe':10s} {'real tok/s':>11s} {'padded tok/s':>13s} {'pad %':>6s} {'peak GiB':>9s} {'MFU':>6s} {'x 2023':>7s}")
+    for recipe, m in report["train"].items():
+        if not m:
+            print(f"{recipe:10s} failed")
+            continue
+        print(f"{recipe:10s} {m['real_tokens_per_s']:11.0f} {m['padded_tokens_per_s']:13.0f} "
+              f"{100 * m['padding_share']:6.1f} {m.get('peak_gpu_gib', 0):9.1f} {100 * m['mfu']:5.1f}% "
+              f"{m.get('x_legacy', float('nan')):7.2f}")
+    for quantization, variants in report["generation"].items():
+        for variant, row in (variants or {}).items():
+            print(f"generate {quantization:5s} {variant:16s} batch 1: {row['batch1']['ms_per_token']} ms/token, "
+                  f"batch 32: {row['batch32']['tokens_per_s']} tokens/s, peak {row.get('peak_gpu_gib')} GiB")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("legacy_2023", "generation", "data_path"):
+        name = sys.argv.pop(1)
+        run(globals()[name])
+    else:
+        run(main)
