@@ -9,8 +9,10 @@ The work happens in alpaca_cot/generation.py; all flags: `python generate.py --h
 
 import json
 import os
+import sys
 from pathlib import Path
 
+import fire
 import torch
 from tqdm import tqdm
 
@@ -20,12 +22,20 @@ from alpaca_cot.generation import Generator, decoding_kwargs
 from alpaca_cot.train import default_output_dir
 
 
-def answer_file(gen: Generator, input_file, output_file, batch_size, cot, decoding):
-    records, _ = data.load_file(Path(input_file), require_output=False)
+def read_records(input_file, skip_bad_records=False) -> list[dict]:
+    """The records to answer, checked before any model is loaded (no output field needed)."""
+    records, skipped = data.load_file(Path(input_file), skip_bad_records, require_output=False)
+    if skipped:
+        print(f"{input_file}: skipped {skipped} bad records", file=sys.stderr)
     if not records:
         raise UserError(f"{input_file}: no records to answer")
+    return records
+
+
+def answer_file(gen: Generator, records, input_file, output_file, batch_size, cot, decoding):
     prompts = [gen.prompt(r["instruction"], r["input"], cot) for r in records]
     output_file = Path(output_file or Path(input_file).with_suffix(".answers.jsonl"))
+    output_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_file.with_name(f".{output_file.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -71,11 +81,16 @@ def web_answer(gen: Generator, instruction, input="", cot=False, max_new_tokens=
         return f"error: {e}"
 
 
-def serve(gen: Generator, server_name, server_port, share):
+def import_gradio():
     try:
-        import gradio as gr
+        import gradio
     except ImportError:
         raise UserError("--web needs gradio: pip install gradio") from None
+    return gradio
+
+
+def serve(gen: Generator, server_name, server_port, share):
+    gr = import_gradio()
     inputs = [gr.Textbox(lines=2, label="Instruction"), gr.Textbox(lines=2, label="Input"),
               gr.Checkbox(label="Chain of thought"), gr.Slider(1, 2048, 256, step=1, label="Max new tokens"),
               gr.Slider(0, 2, 0, label="Temperature (0 = greedy)"), gr.Slider(0.05, 1, 1, label="Top p"),
@@ -84,13 +99,15 @@ def serve(gen: Generator, server_name, server_port, share):
                  title="alpaca-cot").launch(server_name=server_name, server_port=server_port, share=share)
 
 
+# fire would turn text like "red, green" into a tuple and "None" into None: instructions stay text.
+@fire.decorators.SetParseFns(instruction=str, input=str)
 def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights: str = None,
          quantization: str = "none", prompt_template_name: str = "alpaca",
          instruction: str = None, input: str = "", input_file: str = None, output_file: str = None,
          batch_size: int = 8, cot: bool = False, max_new_tokens: int = 256, temperature: float = 0.0,
          top_p: float = 1.0, top_k: int = 0, num_beams: int = 1, repetition_penalty: float = 1.0, seed: int = 42,
          no_adapter: bool = False, web: bool = False, server_name: str = "127.0.0.1", server_port: int = 7860,
-         share: bool = False):
+         share: bool = False, skip_bad_records: bool = False):
     """Answer instructions with the adapter that finetune.py saved (saved-{data}{size}b by default)."""
     decoding = decoding_kwargs(max_new_tokens, temperature, top_p, top_k, num_beams, repetition_penalty)
     if instruction is not None and not str(instruction).strip():
@@ -99,12 +116,16 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
         raise UserError(f"--input_file {input_file} not found")
     if batch_size <= 0:
         raise UserError(f"--batch_size must be positive, got {batch_size}")
+    # Everything the user gave is checked before the model is loaded.
+    records = read_records(input_file, skip_bad_records) if input_file is not None else None
+    if web and input_file is None and instruction is None:
+        import_gradio()
     name = models.base_model_name(size, base_model)
     adapter = None if no_adapter else (lora_weights or default_output_dir(data, size))
-    torch.manual_seed(seed)
     gen = Generator(name, adapter, quantization, prompt_template_name)
+    torch.manual_seed(seed)  # after loading, which draws random numbers: --seed alone fixes the samples
     if input_file is not None:
-        answer_file(gen, input_file, output_file, batch_size, cot, decoding)
+        answer_file(gen, records, input_file, output_file, batch_size, cot, decoding)
     elif instruction is not None:
         print(gen.generate([gen.prompt(str(instruction), str(input or ""), cot)], **decoding)[0])
     elif web:

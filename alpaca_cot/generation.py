@@ -40,26 +40,48 @@ def decoding_kwargs(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, num
     return kwargs
 
 
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_adapter(lora_weights):
+    """Fail before any model is loaded if lora_weights holds no saved adapter."""
+    folder = Path(lora_weights)
+    if not (folder / "adapter_config.json").is_file():
+        raise UserError(f"no adapter in {lora_weights} (adapter_config.json missing); train one with "
+                        "finetune.py or pass --lora_weights")
+    if not any((folder / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise UserError(f"no adapter weights in {lora_weights} ({ADAPTER_WEIGHTS[0]} missing)")
+
+
+def load_adapter(model, lora_weights, base_name: str):
+    """model with the LoRA adapter saved in lora_weights; a one-line UserError if it is missing or
+    was trained on another base (generate.py and scripts/export_hf_checkpoint.py share this)."""
+    from peft import PeftModel
+
+    check_adapter(lora_weights)
+    try:
+        return PeftModel.from_pretrained(model, str(lora_weights))
+    except RuntimeError as e:  # size mismatch: trained on another base
+        first = str(e).strip().splitlines()
+        raise UserError(f"adapter {lora_weights} does not fit base model {base_name} "
+                        f"(trained on another base?): {first[1].strip() if len(first) > 1 else first[0]}") from None
+    except (KeyError, TypeError, ValueError) as e:  # an adapter_config.json that is not PEFT's
+        raise UserError(f"could not load the adapter in {lora_weights}: {type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+
+
 class Generator:
     def __init__(self, base_model: str, lora_weights: str | None, quantization: str = "none",
                  prompt_template_name: str = "alpaca"):
         models.check_quantization(quantization)
         self.prompter = Prompter(prompt_template_name)
-        if lora_weights is not None and not (Path(lora_weights) / "adapter_config.json").is_file():
-            raise UserError(f"no adapter in {lora_weights} (adapter_config.json missing); train one with "
-                            "finetune.py or pass --lora_weights")
+        if lora_weights is not None:
+            check_adapter(lora_weights)
         self.tokenizer = models.load_tokenizer(base_model)
         self.tokenizer.padding_side = "left"
         model = models.load_model(base_model, quantization)
         if lora_weights is not None:
-            from peft import PeftModel
-
-            try:
-                model = PeftModel.from_pretrained(model, lora_weights)
-            except RuntimeError as e:  # size mismatch: trained on another base
-                first = str(e).strip().splitlines()
-                raise UserError(f"adapter {lora_weights} does not fit base model {base_model} "
-                                f"(trained on another base?): {first[1].strip() if len(first) > 1 else first[0]}") from None
+            model = load_adapter(model, lora_weights, base_model)
         model.eval()
         model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         self.model = model
@@ -95,11 +117,18 @@ class Generator:
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         batch = self._batch([prompt])
-        worker = threading.Thread(target=self._generate_into, args=(batch, streamer, decoding), daemon=True)
+        errors = []
+        worker = threading.Thread(target=self._generate_into, args=(batch, streamer, decoding, errors), daemon=True)
         worker.start()
         yield from streamer
         worker.join()
+        if errors:  # raised in the worker: re-raise here rather than wait forever for tokens
+            raise errors[0]
 
     @torch.inference_mode()
-    def _generate_into(self, batch, streamer, decoding):
-        self.model.generate(**batch, streamer=streamer, **decoding)
+    def _generate_into(self, batch, streamer, decoding, errors):
+        try:
+            self.model.generate(**batch, streamer=streamer, **decoding)
+        except BaseException as e:
+            errors.append(e)
+            streamer.end()  # unblocks the consumer

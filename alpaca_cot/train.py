@@ -148,7 +148,7 @@ def finetune(
     quantization: str = "8bit",
     # training
     batch_size: int = 128,
-    micro_batch_size: int = 4,
+    micro_batch_size: int = 16,
     num_epochs: float = 3,
     learning_rate: float = 3e-4,
     cutoff_len: int = 512,
@@ -245,8 +245,9 @@ def finetune(
 
     # ---- model ----
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import Trainer
+    from transformers import Trainer, set_seed
 
+    set_seed(seed)  # before the adapter's random initialisation, so that --seed reproduces a run
     model = models.load_model(name, quantization)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise UserError(f"the tokenizer of {name} has {len(tokenizer)} tokens, more than the model's embeddings")

@@ -6,7 +6,8 @@ Builds a random-init LLaMA of the chosen shape (no weights are downloadable), ta
 lengths from real data through the project's own pipeline (formatted FLAN CoT and the alpaca
 sample from ../shared), and runs each recipe in its own process:
   legacy   the 2023 recipe reproduced: int8, gradient checkpointing, fp16, padded to 512, micro-batch 4
-  8bit, 4bit, none   finetune.py as users run it (`none:16` = none with --micro_batch_size 16)
+  8bit, 4bit, none   finetune.py as users run it; `4bit:8:ckpt` adds --micro_batch_size 8
+                     and --gradient_checkpointing
 Then generation (ms/token at batch 1, tokens/s at batch 32, 128 new tokens).
 `python scripts/benchmark.py data_path --data D --model M` measures the CPU data path alone.
 Prints a table and writes the figures, card, versions and date as JSON.
@@ -173,7 +174,7 @@ def data_path(data: str, model: str, records: int = 600_000, legacy_records: int
     return result
 
 
-def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,none,none:16", steps: int = 60,
+def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none", steps: int = 60,
          shared: str = None, work_dir: str = "/tmp/alpaca-cot-bench", out: str = None, generation_runs: str = "none,8bit",
          gen_variants: str = "eager,merged,static-compiled"):
     if not torch.cuda.is_available():
@@ -215,14 +216,16 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,none,none:16", step
                      "--out", str(result)], work / "legacy.log")
             metrics = json.loads(result.read_text()) if rc == 0 else None
         else:
-            quantization, _, micro = recipe.partition(":")
+            quantization, *options = recipe.split(":")  # e.g. 4bit:8:ckpt = micro-batch 8, checkpointing
             run_dir = work / f"run-{recipe.replace(':', '-')}"
             args = [sys.executable, "finetune.py", "--base_model", str(model), "--data", str(data),
                     "--quantization", quantization, "--max_steps", str(steps), "--val_set_size", "0",
                     "--output_dir", str(run_dir), "--overwrite", "--report_to", "none", "--save_steps", "100000",
                     "--logging_steps", "20"]
-            micro = int(micro) if micro else 4
+            micro = next((int(o) for o in options if o.isdigit()), 16)
             args += ["--micro_batch_size", str(micro), "--batch_size", str(micro)]  # one micro-batch a step
+            if "ckpt" in options:
+                args += ["--gradient_checkpointing"]
             rc = sh(args, work / f"{run_dir.name}.log")
             metrics = json.loads((run_dir / "train_summary.json").read_text()) if rc == 0 else None
         if metrics:

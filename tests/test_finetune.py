@@ -199,3 +199,17 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(case, tmp_path, tiny_lla
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_same_seed_same_adapter(tmp_path, tiny_llama, train_file):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(123)  # whatever the global RNG holds, --seed decides
+    small_run(tiny_llama, train_file, tmp_path / "a", max_steps=2)
+    torch.manual_seed(456)
+    small_run(tiny_llama, train_file, tmp_path / "b", max_steps=2)
+    a, b = (load_file(tmp_path / d / "adapter_model.safetensors") for d in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    small_run(tiny_llama, train_file, tmp_path / "c", max_steps=2, seed=7)
+    c = load_file(tmp_path / "c" / "adapter_model.safetensors")
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -1,0 +1,107 @@
+"""Merges a LoRA adapter into its base model and saves a plain Hugging Face checkpoint.
+
+    python scripts/export_hf_checkpoint.py --base_model PATH_OR_ID --lora_weights saved-cot7b --out DIR
+        [--dtype auto|float32|bfloat16|float16] [--overwrite]
+
+DIR then loads with `AutoModelForCausalLM.from_pretrained(DIR)` alone (safetensors weights and
+the tokenizer: the adapter folder's if it holds one, else the base model's). The base is loaded
+unquantized: LoRA cannot be merged into 8-bit or 4-bit weights. DIR is written into a temporary
+folder beside it and renamed into place, so it is either complete or absent, never half-written.
+"""
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from alpaca_cot import models  # noqa: E402
+from alpaca_cot.cli import UserError, run  # noqa: E402
+from alpaca_cot.generation import check_adapter, load_adapter  # noqa: E402
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
+
+
+def check_out(out: Path, sources: list[Path], overwrite: bool):
+    """Refuse a DIR that would lose data: a file, a non-empty folder (without --overwrite), an input."""
+    if out.is_file():
+        raise UserError(f"--out {out} is a file, not a folder")
+    for source in sources:
+        if source.exists() and out.resolve() == source.resolve():
+            raise UserError(f"--out {out} is the folder the model is read from; choose another")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out {out} already exists and is not empty; pass --overwrite to replace it")
+
+
+def tokenizer_source(lora_weights: Path, base_name: str) -> str:
+    """The adapter folder's tokenizer (finetune.py saves one there) wins over the base model's."""
+    return str(lora_weights) if any((lora_weights / f).is_file() for f in TOKENIZER_FILES) else base_name
+
+
+def merged_model(base_name: str, lora_weights: Path, dtype):
+    model = models.load_model(base_name, "none", dtype)
+    model = load_adapter(model, lora_weights, base_name)
+    return model.merge_and_unload()
+
+
+def save_atomically(model, tokenizer, out: Path):
+    """Save into a temporary folder beside out, then swap it in; out is complete or untouched."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A plain mkdir (not mkdtemp, which makes it 0700) so DIR gets the usual umask permissions.
+    tmp = out.with_name(f".{out.name}.saving-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    old = None
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if not list(tmp.glob("*.safetensors")):
+            raise RuntimeError(f"saving the merged model wrote no .safetensors file into {tmp}")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None and not out.exists():
+            os.replace(old, out)  # put the previous export back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def main(base_model: str = None, lora_weights: str = None, out: str = None, dtype: str = "auto",
+         size: int = 7, quantization: str = "none", overwrite: bool = False):
+    """Merge the adapter in --lora_weights into --base_model and save the result to --out."""
+    start = time.perf_counter()
+    # ---- everything checked before a model is loaded ----
+    if quantization != "none":
+        raise UserError(f"--quantization {quantization}: the export merges the adapter into full-precision "
+                        "weights, so the base is never quantized; drop the flag (use --dtype to pick a precision)")
+    if str(dtype) not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if not lora_weights:
+        raise UserError("--lora_weights is required: the folder finetune.py saved the adapter to")
+    if not out:
+        raise UserError("--out is required: the folder to write the merged checkpoint to")
+    lora_weights, out = Path(str(lora_weights)).expanduser(), Path(str(out)).expanduser()
+    name = models.base_model_name(size, base_model)
+    check_adapter(lora_weights)
+    check_out(out, [Path(name), lora_weights], overwrite)
+
+    tokenizer = models.load_tokenizer(tokenizer_source(lora_weights, name))
+    model = merged_model(name, lora_weights, DTYPES[str(dtype)])
+    save_atomically(model, tokenizer, out)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"merged {lora_weights} into {name}: {params:,} parameters ({model.dtype}) -> {out} "
+          f"in {time.perf_counter() - start:.1f}s")
+    return out
+
+
+if __name__ == "__main__":
+    run(main)
