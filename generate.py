@@ -107,7 +107,7 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
          batch_size: int = 8, cot: bool = False, max_new_tokens: int = 256, temperature: float = 0.0,
          top_p: float = 1.0, top_k: int = 0, num_beams: int = 1, repetition_penalty: float = 1.0, seed: int = 42,
          no_adapter: bool = False, web: bool = False, server_name: str = "127.0.0.1", server_port: int = 7860,
-         share: bool = False, skip_bad_records: bool = False):
+         share: bool = False, skip_bad_records: bool = False, merge: bool = None, compile: bool = None):
     """Answer instructions with the adapter that finetune.py saved (saved-{data}{size}b by default)."""
     decoding = decoding_kwargs(max_new_tokens, temperature, top_p, top_k, num_beams, repetition_penalty)
     if instruction is not None and not str(instruction).strip():
@@ -122,7 +122,7 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
         import_gradio()
     name = models.base_model_name(size, base_model)
     adapter = None if no_adapter else (lora_weights or default_output_dir(data, size))
-    gen = Generator(name, adapter, quantization, prompt_template_name)
+    gen = Generator(name, adapter, quantization, prompt_template_name, merge=merge, compile=compile)
     torch.manual_seed(seed)  # after loading, which draws random numbers: --seed alone fixes the samples
     if input_file is not None:
         answer_file(gen, records, input_file, output_file, batch_size, cot, decoding)

@@ -3,6 +3,7 @@
 finetune.py, generate.py, the export script and the benchmark all load through here.
 """
 
+import logging
 import os
 from pathlib import Path
 
@@ -41,11 +42,14 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def compute_dtype() -> torch.dtype:
-    """bf16 where the GPU has it, fp16 on older GPUs, fp32 on the CPU."""
+def compute_dtype(quantization: str = "none") -> torch.dtype:
+    """bf16 where the GPU has it, fp16 on older GPUs, fp32 on the CPU. 8-bit computes in fp16:
+    bitsandbytes' int8 matmul casts any other input to fp16 on every call."""
     if not torch.cuda.is_available():
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if quantization == "8bit" or not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
 
 def check_quantization(quantization: str):
@@ -70,7 +74,7 @@ def quantization_config(quantization: str):
         return BitsAndBytesConfig(load_in_8bit=True)
     if quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype())
+                                  bnb_4bit_compute_dtype=compute_dtype("4bit"))
     return None
 
 
@@ -100,7 +104,10 @@ def load_model(name: str, quantization: str = "none", dtype: torch.dtype | None 
     from transformers import AutoModelForCausalLM
 
     configure_backends()
-    dtype = dtype or compute_dtype()
+    dtype = dtype or compute_dtype(quantization)
+    if quantization == "8bit":  # one log line per int8 matmul otherwise (thousands)
+        logging.getLogger("bitsandbytes.autograd._functions").addFilter(
+            lambda record: "inputs will be cast" not in record.getMessage())
     kwargs = {"dtype": dtype, "attn_implementation": "sdpa"}
     if quantization != "none":
         kwargs["quantization_config"] = quantization_config(quantization)

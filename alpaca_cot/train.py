@@ -269,7 +269,7 @@ def finetune(
         model.print_trainable_parameters()
 
     use_cuda = torch.cuda.is_available()
-    dtype = models.compute_dtype()
+    dtype = models.compute_dtype(quantization)
     evaluate = val_data is not None
     args = _training_args(
         output_dir=str(output_dir),

@@ -99,31 +99,39 @@ def legacy_2023(model: str, data: str, steps: int = 12, out: str = "legacy.json"
     Path(out).write_text(json.dumps(speed.metrics()))
 
 
+def names(value) -> list[str]:
+    """fire hands over "a,b" as a tuple or a string, depending on what the words look like."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(i).strip() for i in items if str(i).strip()]
+
+
 def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
+# name -> Generator options; "default" is what generate.py does unless told otherwise.
+GEN_VARIANTS = {"unmerged": dict(merge=False, compile=False), "merged": dict(merge=True, compile=False),
+                "default": {}}
+
+
 def generation(model: str, adapter: str, quantization: str = "none", out: str = "gen.json", new_tokens: int = 128,
-               variants: str = "eager"):
+               variants: str = "default"):
     """ms/token at batch 1 and tokens/s at batch 32, greedy, exactly new_tokens tokens each."""
     from alpaca_cot.generation import Generator
 
-    gen = Generator(model, adapter, quantization)
-    prompts = [gen.prompt(f"Explain step by step why {n} is or is not a prime number.") for n in range(100, 132)]
     results = {}
-    for variant in variants.split(","):
-        if variant == "merged":
-            gen.model = gen.model.merge_and_unload()
+    for variant in names(variants):
+        gen = Generator(model, adapter, quantization, **GEN_VARIANTS[variant])
+        prompts = [gen.prompt(f"Explain step by step why {n} is or is not a prime number.") for n in range(100, 132)]
         kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                       temperature=None, top_p=None, top_k=None)
-        if variant == "static-compiled":  # transformers compiles the forward itself for a static cache
-            kwargs.update(cache_implementation="static")
-        row = {}
+        row = {"compiled": gen.compile}
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         for batch in (1, 32):
-            gen.generate(prompts[:batch], **dict(kwargs, max_new_tokens=8, min_new_tokens=8))  # warm-up
-            if variant == "static-compiled":
-                gen.generate(prompts[:batch], **kwargs)  # compile for the real length too
+            for _ in range(2):  # warm-up; with a static cache the first run of a shape compiles
+                gen.generate(prompts[:batch], **kwargs)
             sync()
             t = time.perf_counter()
             gen.generate(prompts[:batch], **kwargs)
@@ -135,6 +143,9 @@ def generation(model: str, adapter: str, quantization: str = "none", out: str = 
             row["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         results[variant] = row
         print(variant, row, flush=True)
+        del gen
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     Path(out).write_text(json.dumps(results))
 
 
@@ -176,7 +187,7 @@ def data_path(data: str, model: str, records: int = 600_000, legacy_records: int
 
 def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none", steps: int = 60,
          shared: str = None, work_dir: str = "/tmp/alpaca-cot-bench", out: str = None, generation_runs: str = "none,8bit",
-         gen_variants: str = "eager,merged,static-compiled"):
+         gen_variants: str = "unmerged,merged,default"):
     if not torch.cuda.is_available():
         raise UserError("the benchmark needs a CUDA GPU")
     from alpaca_cot import tiny
@@ -209,7 +220,7 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none",
     # Matmul parameters: attention and MLP weights of every layer, plus the LM head (embedding lookups cost none).
     n_params = layers * (4 * h * h + 3 * h * config["intermediate_size"]) + vocab * h
     flops_per_token = LORA_FLOPS_PER_TOKEN_PER_PARAM * n_params
-    for recipe in recipes.split(","):
+    for recipe in names(recipes):
         result = work / f"{recipe.replace(':', '-')}.json"
         if recipe == "legacy":
             rc = sh([sys.executable, __file__, "legacy_2023", "--model", str(model), "--data", str(data),
@@ -239,9 +250,9 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none",
         if metrics and base:
             metrics["x_legacy"] = round(metrics["real_tokens_per_s"] / base, 2)
     adapter = work / "run-none"
-    for quantization in [q for q in generation_runs.split(",") if q]:
+    for quantization in names(generation_runs):
         result = work / f"gen-{quantization}.json"
-        variants = gen_variants if quantization == "none" else "eager"
+        variants = gen_variants if quantization == "none" else "default"
         rc = sh([sys.executable, __file__, "generation", "--model", str(model), "--adapter", str(adapter),
                  "--quantization", quantization, "--out", str(result), "--variants", variants],
                 work / f"gen-{quantization}.log")

@@ -337,8 +337,23 @@ def exported(tmp_path_factory, tiny_llama, adapter) -> Path:
     return out
 
 
-def test_export_round_trip(exported, gen, llama_tokenizer):
+@pytest.fixture(scope="module")
+def unmerged(tiny_llama, adapter) -> Generator:
+    return Generator(str(tiny_llama), str(adapter), merge=False)
+
+
+def test_merged_default_answers_as_the_unmerged_adapter(gen, unmerged):
+    from peft import PeftModel
+
+    assert not isinstance(gen.model, PeftModel) and isinstance(unmerged.model, PeftModel)
+    prompts = [gen.prompt(*p) for p in PROMPTS]
+    assert gen.generate(prompts, **GREEDY) == unmerged.generate(prompts, **GREEDY)
+
+
+def test_export_round_trip(exported, unmerged, llama_tokenizer):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gen = unmerged
 
     merged = AutoModelForCausalLM.from_pretrained(str(exported)).eval()
     assert merged.dtype == torch.float32 and not (exported / "adapter_config.json").exists()
@@ -404,3 +419,12 @@ def test_export_failing_midway_leaves_the_folder_as_it_was(tiny_llama, adapter, 
     assert [p.name for p in tmp_path.iterdir()] == ["merged"]
     assert [p.name for p in out.iterdir()] == ["model.safetensors"]
     assert (out / "model.safetensors").read_text() == "an older export"
+
+
+def test_static_cache_path_answers_as_the_default(gen, tiny_llama, adapter):
+    """compile=True (the GPU default): prompts padded to a multiple of 64, static KV cache."""
+    fast = Generator(str(tiny_llama), str(adapter), compile=True)
+    batch = fast._batch([fast.prompt(*PROMPTS[0])])
+    assert batch["input_ids"].shape[1] % 64 == 0
+    prompts = [gen.prompt(*p) for p in PROMPTS]
+    assert fast.generate(prompts, **GREEDY) == gen.generate(prompts, **GREEDY)
