@@ -77,17 +77,16 @@ PAD_MULTIPLE = 64
 
 class Generator:
     """merge (default: on for 16/32-bit) folds the adapter into the weights, which is faster and
-    exact up to rounding; compile (default: on for 16-bit on a GPU) decodes with a static KV cache
-    that transformers compiles, which costs a compilation per new shape and then runs about 3x
-    faster (see README, Speed)."""
+    exact up to rounding; compile decodes with a static KV cache that transformers compiles, which
+    costs a compilation per new shape and then runs about 3x faster (README, Speed)."""
 
     def __init__(self, base_model: str, lora_weights: str | None, quantization: str = "none",
-                 prompt_template_name: str = "alpaca", merge: bool | None = None, compile: bool | None = None):
+                 prompt_template_name: str = "alpaca", merge: bool | None = None, compile: bool = False):
         models.check_quantization(quantization)
         merge = quantization == "none" if merge is None else merge
         if merge and quantization != "none" and lora_weights is not None:
             raise UserError("--merge needs --quantization none: folding an adapter into 8/4-bit weights loses precision")
-        self.compile = (torch.cuda.is_available() and quantization == "none") if compile is None else compile
+        self.compile = compile
         self.prompter = Prompter(prompt_template_name)
         if lora_weights is not None:
             check_adapter(lora_weights)

@@ -110,8 +110,9 @@ def sync():
         torch.cuda.synchronize()
 
 
-# name -> Generator options; "default" is what generate.py does unless told otherwise.
-GEN_VARIANTS = {"unmerged": dict(merge=False, compile=False), "merged": dict(merge=True, compile=False),
+# name -> Generator options. generate.py merges by default in 16-bit and compiles for long
+# --input_file runs (see its worth_compiling).
+GEN_VARIANTS = {"unmerged": dict(merge=False), "merged": dict(merge=True), "compiled": dict(merge=True, compile=True),
                 "default": {}}
 
 
@@ -159,7 +160,7 @@ def data_path(data: str, model: str, records: int = 600_000, legacy_records: int
     from alpaca_cot.prompter import Prompter
 
     tokenizer, prompter = models.load_tokenizer(model), Prompter("alpaca")
-    columns = registry.load(data)
+    columns = registry.load(data, skip_bad_records=True)
     reps = -(-records // len(columns["output"]))
     big = Dataset.from_dict({k: (v * reps)[:records] for k, v in columns.items()})
     t = time.perf_counter()
@@ -187,7 +188,7 @@ def data_path(data: str, model: str, records: int = 600_000, legacy_records: int
 
 def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none", steps: int = 60,
          shared: str = None, work_dir: str = "/tmp/alpaca-cot-bench", out: str = None, generation_runs: str = "none,8bit",
-         gen_variants: str = "unmerged,merged,default"):
+         gen_variants: str = "unmerged,merged,compiled"):
     if not torch.cuda.is_available():
         raise UserError("the benchmark needs a CUDA GPU")
     from alpaca_cot import tiny

@@ -422,9 +422,21 @@ def test_export_failing_midway_leaves_the_folder_as_it_was(tiny_llama, adapter, 
 
 
 def test_static_cache_path_answers_as_the_default(gen, tiny_llama, adapter):
-    """compile=True (the GPU default): prompts padded to a multiple of 64, static KV cache."""
+    """compile=True (long --input_file runs on a GPU): prompts padded to a multiple of 64, static KV cache."""
     fast = Generator(str(tiny_llama), str(adapter), compile=True)
     batch = fast._batch([fast.prompt(*PROMPTS[0])])
     assert batch["input_ids"].shape[1] % 64 == 0
     prompts = [gen.prompt(*p) for p in PROMPTS]
     assert fast.generate(prompts, **GREEDY) == gen.generate(prompts, **GREEDY)
+
+
+def test_compile_only_for_long_file_runs_on_a_gpu(monkeypatch):
+    import generate
+
+    records = [{}] * 100
+    assert not generate.worth_compiling(records, 8, 512, "none")  # no GPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert generate.worth_compiling(records, 8, 512, "none")  # 13 batches x 512 steps
+    assert not generate.worth_compiling(records, 8, 128, "none")  # 13 x 128: compiling would not pay
+    assert not generate.worth_compiling(records, 8, 512, "8bit")
+    assert not generate.worth_compiling(None, 8, 512, "none")  # one prompt, interactive, web
