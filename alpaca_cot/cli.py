@@ -5,13 +5,16 @@ Every script calls `run(fn)`: a `UserError` raised anywhere below becomes
 """
 
 import functools
+import logging
 import sys
 import warnings
 
 import fire
 
-# Noise from the stack on every run (peft calls a renamed transformers method).
+# Noise from the stack on every run: peft calls a renamed transformers method, and bitsandbytes
+# on a CPU machine asks for an optional kernels package when peft imports it.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda r: "kernels-community" not in r.getMessage())
 
 
 class UserError(Exception):

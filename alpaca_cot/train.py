@@ -77,17 +77,19 @@ class CountingCollator:
 
 
 def throughput_callback(collator: CountingCollator, warmup_steps: int, world: int):
-    """Steady-state speed: tokens and seconds from the end of step `warmup_steps` to the end."""
+    """Steady-state training speed: tokens and seconds from the end of step `warmup_steps` to the
+    end, less the time and tokens of evaluations in between."""
     from transformers import TrainerCallback
 
-    def sync():
-        if torch.cuda.is_available():
+    def sync(gpu=True):
+        if gpu and torch.cuda.is_available():
             torch.cuda.synchronize()
         return time.perf_counter(), collator.real_tokens, collator.padded_tokens
 
     class Throughput(TrainerCallback):
-        start = end = None
+        start = end = last = None
         steps = 0
+        evaluation = (0.0, 0, 0)  # seconds and tokens spent evaluating inside the window, left out
 
         def on_train_begin(self, args, state, control, **kw):
             self.first_step = state.global_step  # later than 0 when resuming
@@ -97,6 +99,13 @@ def throughput_callback(collator: CountingCollator, warmup_steps: int, world: in
         def on_step_end(self, args, state, control, **kw):
             if state.global_step == self.first_step + warmup_steps:
                 self.start = sync()
+            # No GPU sync here: that would stall every step; the error is the step's unfinished tail.
+            self.last = sync(gpu=False) if self.start is not None and args.eval_strategy != "no" else None
+
+        def on_evaluate(self, args, state, control, **kw):
+            if self.last is not None:  # evaluation runs right after a step's end
+                now = sync()
+                self.evaluation = tuple(e + n - l for e, n, l in zip(self.evaluation, now, self.last))
 
         def on_train_end(self, args, state, control, **kw):
             self.end = sync()
@@ -105,8 +114,7 @@ def throughput_callback(collator: CountingCollator, warmup_steps: int, world: in
         def metrics(self) -> dict:
             if self.start is None or self.steps <= 0:
                 return {}
-            seconds = self.end[0] - self.start[0]
-            real, padded = self.end[1] - self.start[1], self.end[2] - self.start[2]
+            seconds, real, padded = (e - s - x for e, s, x in zip(self.end, self.start, self.evaluation))
             out = {"real_tokens_per_s": round(world * real / seconds, 1),
                    "padded_tokens_per_s": round(world * padded / seconds, 1),
                    "padding_share": round(1 - real / padded, 4), "measured_steps": self.steps}
@@ -138,6 +146,57 @@ def save_adapter(model, tokenizer, output_dir: Path):
             os.replace(tmp / name, output_dir / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_size, seed):
+    """Train and validation sets of input_ids/labels/length; reports cut and dropped records."""
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict(columns).map(
+        encode_batch, batched=True, batch_size=1000, remove_columns=["instruction", "input", "output", "source"],
+        fn_kwargs=dict(tokenizer=tokenizer, prompter=prompter, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs),
+        desc="tokenising", disable_nullable=True)
+    too_long = sum(dataset["prompt_too_long"])
+    if too_long:
+        dataset = dataset.filter(lambda b: [not x for x in b], input_columns="prompt_too_long", batched=True)
+        log(f"dropped {too_long} records whose prompt alone reaches cutoff_len {cutoff_len}")
+    if len(dataset) <= val_set_size:
+        raise UserError(f"no training data left after dropping over-long prompts ({len(dataset)} records)")
+    truncated = sum(dataset["truncated"])
+    log(f"{len(dataset)} records, {sum(dataset['length'])} tokens; {truncated} "
+        f"({100 * truncated / len(dataset):.1f}%) truncated at cutoff_len {cutoff_len}")
+    dataset = dataset.remove_columns(["truncated", "prompt_too_long"])
+    if val_set_size > 0:
+        split = dataset.train_test_split(test_size=val_set_size, shuffle=True, seed=seed)
+        return split["train"], split["test"]
+    return dataset.shuffle(seed=seed), None
+
+
+def lora_model(name, quantization, tokenizer, gradient_checkpointing, lora_r, lora_alpha, lora_dropout,
+               target_modules):
+    """The base model, quantized or not, wrapped with a fresh LoRA adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    model = models.load_model(name, quantization)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        raise UserError(f"the tokenizer of {name} has {len(tokenizer)} tokens, more than the model's embeddings")
+    # Not peft's prepare_model_for_kbit_training: it upcasts norms, embeddings and the LM head to
+    # fp32, so every activation after a norm becomes fp32 (int8 matmuls then cast it back, and SDPA
+    # leaves its fast kernels). On a 7B shape at micro-batch 16, 8-bit peaked at 94 GiB with the
+    # upcast and 63 without, at the same speed (README, Speed). get_peft_model freezes the base.
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+    lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
+                      bias="none", task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as e:
+        raise UserError(f"--lora_target_modules {target_modules}: {str(e).splitlines()[0]}") from None
+    if models.is_main_process():
+        model.print_trainable_parameters()
+    return model
 
 
 def finetune(
@@ -179,7 +238,7 @@ def finetune(
 ):
     """Fine-tune a LLaMA-family model with LoRA on instruction data and save the adapter."""
     started = time.time()
-    # ---- everything checked before a model is loaded ----
+    # Everything is checked before a model is loaded.
     name = models.base_model_name(size, base_model)
     models.check_quantization(quantization)
     world = models.world_size()
@@ -220,53 +279,13 @@ def finetune(
                   seed=seed, records=n_records)
     log("alpaca-cot finetune\n" + json.dumps(config, indent=2, ensure_ascii=False))
 
-    # ---- data ----
-    from datasets import Dataset
+    train_data, val_data = tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_size, seed)
 
-    dataset = Dataset.from_dict(columns).map(
-        encode_batch, batched=True, batch_size=1000, remove_columns=["instruction", "input", "output", "source"],
-        fn_kwargs=dict(tokenizer=tokenizer, prompter=prompter, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs),
-        desc="tokenising", disable_nullable=True)
-    too_long = sum(dataset["prompt_too_long"])
-    if too_long:
-        dataset = dataset.filter(lambda b: [not x for x in b], input_columns="prompt_too_long", batched=True)
-        log(f"dropped {too_long} records whose prompt alone reaches cutoff_len {cutoff_len}")
-    if len(dataset) <= val_set_size:
-        raise UserError(f"no training data left after dropping over-long prompts ({len(dataset)} records)")
-    truncated = sum(dataset["truncated"])
-    log(f"{len(dataset)} records, {sum(dataset['length'])} tokens; {truncated} "
-        f"({100 * truncated / len(dataset):.1f}%) truncated at cutoff_len {cutoff_len}")
-    dataset = dataset.remove_columns(["truncated", "prompt_too_long"])
-    if val_set_size > 0:
-        split = dataset.train_test_split(test_size=val_set_size, shuffle=True, seed=seed)
-        train_data, val_data = split["train"], split["test"]
-    else:
-        train_data, val_data = dataset.shuffle(seed=seed), None
-
-    # ---- model ----
-    from peft import LoraConfig, get_peft_model
     from transformers import Trainer, set_seed
 
     set_seed(seed)  # before the adapter's random initialisation, so that --seed reproduces a run
-    model = models.load_model(name, quantization)
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):
-        raise UserError(f"the tokenizer of {name} has {len(tokenizer)} tokens, more than the model's embeddings")
-    # Not peft's prepare_model_for_kbit_training: it upcasts norms, embeddings and the LM head to
-    # fp32, so every activation after a norm becomes fp32 (int8 matmuls then cast it back, and SDPA
-    # leaves its fast kernels). Measured on a 7B shape, 8-bit at micro-batch 16 took 94 GiB with
-    # the upcast (README, Speed). get_peft_model freezes the base weights either way.
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model.config.use_cache = False
-    lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
-                      bias="none", task_type="CAUSAL_LM")
-    try:
-        model = get_peft_model(model, lora)
-    except ValueError as e:
-        raise UserError(f"--lora_target_modules {target_modules}: {str(e).splitlines()[0]}") from None
-    if models.is_main_process():
-        model.print_trainable_parameters()
+    model = lora_model(name, quantization, tokenizer, gradient_checkpointing, lora_r, lora_alpha, lora_dropout,
+                       target_modules)
 
     use_cuda = torch.cuda.is_available()
     dtype = models.compute_dtype(quantization)

@@ -219,3 +219,27 @@ def test_same_seed_same_adapter(tmp_path, tiny_llama, train_file):
     small_run(tiny_llama, train_file, tmp_path / "c", max_steps=2, seed=7)
     c = load_file(tmp_path / "c" / "adapter_model.safetensors")
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_throughput_leaves_evaluation_out():
+    from types import SimpleNamespace
+
+    from alpaca_cot.train import throughput_callback
+
+    collator = SimpleNamespace(real_tokens=0, padded_tokens=0)
+    speed = throughput_callback(collator, warmup_steps=1, world=2)
+    args, state = SimpleNamespace(eval_strategy="steps"), SimpleNamespace(global_step=0)
+    speed.on_train_begin(args, state, None)
+    for step in range(1, 4):
+        collator.real_tokens += 90
+        collator.padded_tokens += 100
+        state.global_step = step
+        speed.on_step_end(args, state, None)
+        if step == 2:  # an evaluation: 1000 tokens that must not count as training
+            collator.real_tokens += 1000
+            collator.padded_tokens += 1000
+            speed.on_evaluate(args, state, None)
+    speed.on_train_end(args, state, None)
+    m = speed.metrics()
+    assert m["measured_steps"] == 2 and m["padding_share"] == 0.1  # 180 real of 200 padded, eval excluded
+    assert m["real_tokens_per_s"] > 0
