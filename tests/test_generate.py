@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import generate
+from alpaca_cot import answer as answering
 from alpaca_cot.cli import UserError
 from alpaca_cot.generation import COT_TRIGGER, Generator, decoding_kwargs, with_cot
 from alpaca_cot.train import finetune
@@ -197,7 +197,7 @@ def test_input_file_json_and_jsonl(gen, tiny_llama, adapter, train_records, tmp_
         assert set(row) == {"instruction", "input", "output"} | ({"reference"} if record.get("output") else set())
     # The .jsonl file, in this process, one record at a time, to the default output name.
     jsonl = tmp_path / "questions.jsonl"
-    generate.answer_file(gen, generate.read_records(jsonl), jsonl, None, 1, False, decoding_kwargs(max_new_tokens=6))
+    answering.answer_file(gen, answering.read_records(jsonl), jsonl, None, 1, False, decoding_kwargs(max_new_tokens=6))
     assert read_jsonl(tmp_path / "questions.answers.jsonl") == by2
     assert {p.name for p in tmp_path.iterdir()} == {"questions.json", "questions.jsonl", "by2.jsonl",
                                                      "questions.answers.jsonl"}
@@ -271,9 +271,9 @@ def test_sampling_is_reproducible_and_beams_run(gen):
 
 def test_web_answer_matches_generate(gen):
     instruction, input = PROMPTS[2]
-    assert generate.web_answer(gen, instruction, input, max_new_tokens=8) == answer(gen, instruction, input)
-    assert generate.web_answer(gen, "   ", max_new_tokens=8).startswith("error:")
-    assert generate.web_answer(gen, "Hi", max_new_tokens=0).startswith("error:")
+    assert answering.web_answer(gen, instruction, input, max_new_tokens=8) == answer(gen, instruction, input)
+    assert answering.web_answer(gen, "   ", max_new_tokens=8).startswith("error:")
+    assert answering.web_answer(gen, "Hi", max_new_tokens=0).startswith("error:")
 
 
 def test_web_without_gradio_is_one_line(tiny_llama, adapter, tmp_path):
@@ -431,12 +431,10 @@ def test_static_cache_path_answers_as_the_default(gen, tiny_llama, adapter):
 
 
 def test_compile_only_for_long_file_runs_on_a_gpu(monkeypatch):
-    import generate
-
     records = [{}] * 100
-    assert not generate.worth_compiling(records, 8, 512, "none")  # no GPU here
+    assert not answering.worth_compiling(records, 8, 512, "none")  # no GPU here
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert generate.worth_compiling(records, 8, 512, "none")  # 13 batches x 512 steps
-    assert not generate.worth_compiling(records, 8, 128, "none")  # 13 x 128: compiling would not pay
-    assert not generate.worth_compiling(records, 8, 512, "8bit")
-    assert not generate.worth_compiling(None, 8, 512, "none")  # one prompt, interactive, web
+    assert answering.worth_compiling(records, 8, 512, "none")  # 13 batches x 512 steps
+    assert not answering.worth_compiling(records, 8, 128, "none")  # 13 x 128: compiling would not pay
+    assert not answering.worth_compiling(records, 8, 512, "8bit")
+    assert not answering.worth_compiling(None, 8, 512, "none")  # one prompt, interactive, web

@@ -1,0 +1,99 @@
+"""The ways generate.py answers: one instruction, a file of records, an interactive prompt, a web page.
+
+Each takes a loaded `Generator`; generate.py only parses flags and picks one.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import data
+from .cli import UserError
+from .generation import Generator, decoding_kwargs
+from .io import atomic_open
+
+
+def read_records(input_file, skip_bad_records=False) -> list[dict]:
+    """The records to answer, checked before any model is loaded (no output field needed)."""
+    records, skipped = data.load_file(Path(input_file), skip_bad_records, require_output=False)
+    if skipped:
+        print(f"{input_file}: skipped {skipped} bad records", file=sys.stderr)
+    if not records:
+        raise UserError(f"{input_file}: no records to answer")
+    return records
+
+
+def answer_file(gen: Generator, records, input_file, output_file, batch_size, cot, decoding):
+    prompts = [gen.prompt(r["instruction"], r["input"], cot) for r in records]
+    output_file = Path(output_file or Path(input_file).with_suffix(".answers.jsonl"))
+    with atomic_open(output_file) as f:
+        for start in tqdm(range(0, len(records), batch_size), desc="answering", unit="batch"):
+            answers = gen.generate(prompts[start:start + batch_size], **decoding)
+            for r, answer in zip(records[start:start + batch_size], answers):
+                row = {"instruction": r["instruction"], "input": r["input"], "output": answer}
+                if "output" in r:
+                    row["reference"] = r["output"]
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"wrote {len(records)} answers to {output_file}")
+
+
+def interactive(gen: Generator, cot, decoding):
+    print("Type an instruction (an empty line or Ctrl-D quits).")
+    while True:
+        try:
+            instruction = input("\n### Instruction: ").strip()
+        except EOFError:
+            break
+        if not instruction:
+            break
+        prompt = gen.prompt(instruction, "", cot)
+        print("### Response: ", end="", flush=True)
+        if decoding["num_beams"] > 1:  # beams pick the answer at the end: nothing to stream
+            print(gen.generate([prompt], **decoding)[0])
+            continue
+        for piece in gen.stream(prompt, **decoding):
+            print(piece, end="", flush=True)
+        print()
+
+
+def web_answer(gen: Generator, instruction, input="", cot=False, max_new_tokens=256, temperature=0.0,
+               top_p=1.0, top_k=0, num_beams=1):
+    """The web page's callback: one answer, or a one-line message for bad input."""
+    try:
+        decoding = decoding_kwargs(int(max_new_tokens), float(temperature), float(top_p), int(top_k), int(num_beams))
+        return gen.generate([gen.prompt(instruction, input, cot)], **decoding)[0]
+    except UserError as e:
+        return f"error: {e}"
+
+
+def import_gradio():
+    try:
+        import gradio
+    except ImportError:
+        raise UserError("--web needs gradio: pip install gradio") from None
+    return gradio
+
+
+def serve(gen: Generator, server_name, server_port, share):
+    gr = import_gradio()
+    inputs = [gr.Textbox(lines=2, label="Instruction"), gr.Textbox(lines=2, label="Input"),
+              gr.Checkbox(label="Chain of thought"), gr.Slider(1, 2048, 256, step=1, label="Max new tokens"),
+              gr.Slider(0, 2, 0, label="Temperature (0 = greedy)"), gr.Slider(0.05, 1, 1, label="Top p"),
+              gr.Slider(0, 100, 0, step=1, label="Top k"), gr.Slider(1, 8, 1, step=1, label="Beams")]
+    gr.Interface(fn=lambda *a: web_answer(gen, *a), inputs=inputs, outputs=gr.Textbox(label="Response"),
+                 title="alpaca-cot").launch(server_name=server_name, server_port=server_port, share=share)
+
+
+# Measured on an H200 (README, Speed): compiling costs about 28 s per batch shape and then saves about
+# 2.8 s per batch of 128 new tokens; below this many decoded steps it does not pay back.
+COMPILE_PAYS_AFTER_STEPS = 4096
+
+
+def worth_compiling(records, batch_size, max_new_tokens, quantization) -> bool:
+    """A compiled static KV cache for long --input_file runs on a GPU in 16-bit, eager otherwise."""
+    if records is None or quantization != "none" or not torch.cuda.is_available():
+        return False
+    return -(-len(records) // batch_size) * max_new_tokens >= COMPILE_PAYS_AFTER_STEPS
