@@ -119,3 +119,30 @@ def load_model(name: str, quantization: str = "none", dtype: torch.dtype | None 
     if quantization == "none" and torch.cuda.is_available():
         model.to(f"cuda:{local_rank()}")
     return model
+
+
+def use_fused_kernels(requested=None, quantization: str = "none") -> bool:
+    """Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) for LLaMA on a GPU:
+    by default on where liger-kernel is installed, except with 4-bit (measured slower there: README,
+    Speed); an error if asked for where they cannot run."""
+    try:
+        import liger_kernel  # noqa: F401
+        installed = True
+    except ImportError:
+        installed = False
+    if requested is None:
+        return installed and torch.cuda.is_available() and quantization != "4bit"
+    if requested and not (installed and torch.cuda.is_available()):
+        raise UserError("--fused_kernels needs a CUDA GPU and liger-kernel (pip install liger-kernel)")
+    return bool(requested)
+
+
+def apply_fused_kernels(model):
+    """Patch a loaded LLaMA in place (before the LoRA wrapper); other architectures are left alone."""
+    if getattr(model.config, "model_type", None) != "llama":
+        return model
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+    apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=True, model=model)
+    return model

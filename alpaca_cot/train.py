@@ -125,6 +125,12 @@ def throughput_callback(collator: CountingCollator, warmup_steps: int, world: in
     return Throughput()
 
 
+def default_micro_batch_size(quantization: str, fused_kernels: bool) -> int:
+    """Measured on a 7B shape (README, Speed): bf16 with fused kernels fits 32 records of up to 512
+    tokens in 71 GiB and runs 30% faster than at 16; without them 32 needs 95 GiB."""
+    return 32 if quantization == "none" and fused_kernels else 16
+
+
 def default_output_dir(data, size) -> str:
     """Where finetune.py saves and generate.py looks, as the 2023 repo named it: saved-cot7b."""
     return f"saved-{data_registry.name_of(data)}{size}b"
@@ -173,11 +179,13 @@ def tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_
 
 
 def lora_model(name, quantization, tokenizer, gradient_checkpointing, lora_r, lora_alpha, lora_dropout,
-               target_modules):
+               target_modules, fused_kernels=False):
     """The base model, quantized or not, wrapped with a fresh LoRA adapter."""
     from peft import LoraConfig, get_peft_model
 
     model = models.load_model(name, quantization)
+    if fused_kernels:
+        models.apply_fused_kernels(model)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise UserError(f"the tokenizer of {name} has {len(tokenizer)} tokens, more than the model's embeddings")
     # Not peft's prepare_model_for_kbit_training: it upcasts norms, embeddings and the LM head to
@@ -207,7 +215,7 @@ def finetune(
     quantization: str = "8bit",
     # training
     batch_size: int = 128,
-    micro_batch_size: int = 16,
+    micro_batch_size: int = None,
     num_epochs: float = 3,
     learning_rate: float = 3e-4,
     cutoff_len: int = 512,
@@ -220,6 +228,7 @@ def finetune(
     logging_steps: int = 10,
     seed: int = 42,
     gradient_checkpointing: bool = False,
+    fused_kernels: bool = None,
     # lora
     lora_r: int = 8,
     lora_alpha: int = 16,
@@ -241,6 +250,9 @@ def finetune(
     # Everything is checked before a model is loaded.
     name = models.base_model_name(size, base_model)
     models.check_quantization(quantization)
+    fused_kernels = models.use_fused_kernels(fused_kernels, quantization)
+    if micro_batch_size is None:
+        micro_batch_size = default_micro_batch_size(quantization, fused_kernels)
     world = models.world_size()
     for flag, value in (("batch_size", batch_size), ("micro_batch_size", micro_batch_size),
                         ("cutoff_len", cutoff_len), ("lora_r", lora_r)):
@@ -275,7 +287,8 @@ def finetune(
                   val_set_size=val_set_size, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                   lora_target_modules=target_modules, prompt_template=prompt_template_name,
                   train_on_inputs=train_on_inputs, group_by_length=group_by_length,
-                  gradient_checkpointing=gradient_checkpointing, resume_from_checkpoint=resume_from_checkpoint,
+                  gradient_checkpointing=gradient_checkpointing, fused_kernels=fused_kernels,
+                  resume_from_checkpoint=resume_from_checkpoint,
                   seed=seed, records=n_records)
     log("alpaca-cot finetune\n" + json.dumps(config, indent=2, ensure_ascii=False))
 
@@ -285,7 +298,7 @@ def finetune(
 
     set_seed(seed)  # before the adapter's random initialisation, so that --seed reproduces a run
     model = lora_model(name, quantization, tokenizer, gradient_checkpointing, lora_r, lora_alpha, lora_dropout,
-                       target_modules)
+                       target_modules, fused_kernels)
 
     use_cuda = torch.cuda.is_available()
     dtype = models.compute_dtype(quantization)

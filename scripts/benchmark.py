@@ -7,7 +7,7 @@ lengths from real data through the project's own pipeline (formatted FLAN CoT an
 sample from ../shared), and runs each recipe in its own process:
   legacy   the 2023 recipe reproduced: int8, gradient checkpointing, fp16, padded to 512, micro-batch 4
   8bit, 4bit, none   finetune.py as users run it; `4bit:8:ckpt` adds --micro_batch_size 8
-                     and --gradient_checkpointing
+                     and --gradient_checkpointing; `none:fused` / `none:unfused` set --fused_kernels
 Then generation (ms/token at batch 1, tokens/s at batch 32, 128 new tokens).
 `python scripts/benchmark.py data_path --data D --model M` measures the CPU data path alone.
 Prints a table and writes the figures, card, versions and date as JSON.
@@ -191,7 +191,8 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none",
          gen_variants: str = "unmerged,merged,compiled"):
     if not torch.cuda.is_available():
         raise UserError("the benchmark needs a CUDA GPU")
-    from alpaca_cot import tiny
+    from alpaca_cot import models, tiny
+    from alpaca_cot.train import default_micro_batch_size
 
     shared = Path(shared or ROOT.parent / "shared")
     work = Path(work_dir)
@@ -234,10 +235,14 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none",
                     "--quantization", quantization, "--max_steps", str(steps), "--val_set_size", "0",
                     "--output_dir", str(run_dir), "--overwrite", "--report_to", "none", "--save_steps", "100000",
                     "--logging_steps", "20"]
-            micro = next((int(o) for o in options if o.isdigit()), 16)
+            chosen = "fused" in options or "unfused" in options
+            fused = "fused" in options if chosen else models.use_fused_kernels(None, quantization)
+            micro = next((int(o) for o in options if o.isdigit()), default_micro_batch_size(quantization, fused))
             args += ["--micro_batch_size", str(micro), "--batch_size", str(micro)]  # one micro-batch a step
             if "ckpt" in options:
                 args += ["--gradient_checkpointing"]
+            if "fused" in options or "unfused" in options:
+                args += ["--fused_kernels", str("fused" in options)]
             rc = sh(args, work / f"{run_dir.name}.log")
             metrics = json.loads((run_dir / "train_summary.json").read_text()) if rc == 0 else None
         if metrics:

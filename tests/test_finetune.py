@@ -179,6 +179,7 @@ BAD_INPUTS = {
     "bitsandbytes broken": (["--quantization", "8bit"], "needs a working bitsandbytes"),
     "unknown quantization": (["--quantization", "3bit"], "unknown --quantization"),
     "val set eats the data": (["--val_set_size", "5000"], "leaves no training data"),
+    "fused kernels without a GPU": (["--fused_kernels", "True"], "needs a CUDA GPU and liger-kernel"),
 }
 
 
@@ -243,3 +244,13 @@ def test_throughput_leaves_evaluation_out():
     m = speed.metrics()
     assert m["measured_steps"] == 2 and m["padding_share"] == 0.1  # 180 real of 200 padded, eval excluded
     assert m["real_tokens_per_s"] > 0
+
+
+def test_default_micro_batch_follows_the_measured_memory():
+    from alpaca_cot.models import use_fused_kernels
+    from alpaca_cot.train import default_micro_batch_size
+
+    assert use_fused_kernels() is False  # no GPU here: auto means off
+    assert default_micro_batch_size("none", False) == 16
+    assert default_micro_batch_size("none", True) == 32
+    assert default_micro_batch_size("8bit", True) == default_micro_batch_size("4bit", True) == 16
