@@ -41,6 +41,14 @@ def decoding_kwargs(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, num
 
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
+
+
+def tokenizer_source(lora_weights, base_name: str) -> str:
+    """The adapter folder's tokenizer (finetune.py saves one there) wins over the base model's."""
+    if lora_weights is not None and any((Path(lora_weights) / f).is_file() for f in TOKENIZER_FILES):
+        return str(lora_weights)
+    return base_name
 
 
 def check_adapter(lora_weights):
@@ -90,7 +98,7 @@ class Generator:
         self.prompter = Prompter(prompt_template_name)
         if lora_weights is not None:
             check_adapter(lora_weights)
-        self.tokenizer = models.load_tokenizer(base_model)
+        self.tokenizer = models.load_tokenizer(tokenizer_source(lora_weights, base_model))
         self.tokenizer.padding_side = "left"
         model = models.load_model(base_model, quantization)
         if lora_weights is not None:

@@ -21,10 +21,9 @@ import torch  # noqa: E402
 
 from alpaca_cot import models  # noqa: E402
 from alpaca_cot.cli import UserError, run  # noqa: E402
-from alpaca_cot.generation import check_adapter, load_adapter  # noqa: E402
+from alpaca_cot.generation import check_adapter, load_adapter, tokenizer_source  # noqa: E402
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
 
 
 def check_out(out: Path, sources: list[Path], overwrite: bool):
@@ -36,11 +35,6 @@ def check_out(out: Path, sources: list[Path], overwrite: bool):
             raise UserError(f"--out {out} is the folder the model is read from; choose another")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"--out {out} already exists and is not empty; pass --overwrite to replace it")
-
-
-def tokenizer_source(lora_weights: Path, base_name: str) -> str:
-    """The adapter folder's tokenizer (finetune.py saves one there) wins over the base model's."""
-    return str(lora_weights) if any((lora_weights / f).is_file() for f in TOKENIZER_FILES) else base_name
 
 
 def merged_model(base_name: str, lora_weights: Path, dtype):
