@@ -141,8 +141,13 @@ def load_file(path: Path, skip_bad_records: bool = False, require_output: bool =
 
 def load(data, skip_bad_records: bool = False, data_dir: Path = DATA_DIR, log=print) -> dict[str, list]:
     """All records that --data names, as columns (instruction, input, output, source)."""
+    return load_files(resolve(data, data_dir), skip_bad_records, log, label=data)
+
+
+def load_files(paths: list[Path], skip_bad_records: bool = False, log=print, label=None) -> dict[str, list]:
+    """The records of already resolved files, as columns (instruction, input, output, source)."""
     columns = {"instruction": [], "input": [], "output": [], "source": []}
-    for path in resolve(data, data_dir):
+    for path in paths:
         records, skipped = load_file(path, skip_bad_records)
         if skipped:
             log(f"{path}: skipped {skipped} bad records")
@@ -151,5 +156,5 @@ def load(data, skip_bad_records: bool = False, data_dir: Path = DATA_DIR, log=pr
                 columns[k].append(r[k])
         columns["source"].extend([path.stem] * len(records))
     if not columns["output"]:
-        raise UserError(f"--data {data!r} holds no usable records")
+        raise UserError(f"--data {label or ','.join(map(str, paths))!r} holds no usable records")
     return columns

@@ -11,13 +11,17 @@ from bisect import bisect_left
 IGNORE = -100
 
 
+def _bos(tokenizer) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
 def encode_batch(batch: dict, tokenizer, prompter, cutoff_len: int, train_on_inputs: bool = False) -> dict:
     """For datasets.map(batched=True): adds input_ids, labels, length, truncated, prompt_too_long."""
     prompts = [prompter.prompt(i, x) for i, x in zip(batch["instruction"], batch["input"])]
     texts = [p + o for p, o in zip(prompts, batch["output"])]
     # split_special_tokens: a literal "</s>" in user text is text, not the EOS id.
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = _bos(tokenizer)
     eos = tokenizer.eos_token_id
     out = {"input_ids": [], "labels": [], "length": [], "truncated": [], "prompt_too_long": []}
     for prompt, ids, offsets in zip(prompts, enc["input_ids"], enc["offset_mapping"]):
@@ -39,7 +43,7 @@ def encode_batch(batch: dict, tokenizer, prompter, cutoff_len: int, train_on_inp
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
     """The ids generation feeds the model: the same BOS and special-token rules as training."""
     ids = tokenizer(prompt, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+    return _bos(tokenizer) + ids
 
 
 def prompt_overhead(tokenizer, prompter) -> int:

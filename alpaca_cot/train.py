@@ -269,7 +269,8 @@ def finetune(
         raise UserError(f"{output_dir} already holds a trained adapter; pass another --output_dir, "
                         "--resume_from_checkpoint auto, or --overwrite")
     prompter = Prompter(prompt_template_name)
-    columns = data_registry.load(data, skip_bad_records, log=log)
+    files = data_registry.resolve(data)
+    columns = data_registry.load_files(files, skip_bad_records, log=log, label=data)
     tokenizer = models.load_tokenizer(name)
     tokenizer.padding_side = "right"
     overhead = prompt_overhead(tokenizer, prompter)
@@ -280,7 +281,7 @@ def finetune(
         raise UserError(f"--val_set_size {val_set_size} leaves no training data ({n_records} records); lower it")
     target_modules = _as_list(lora_target_modules)
 
-    config = dict(base_model=name, data=data, files=[str(p) for p in data_registry.resolve(data)],
+    config = dict(base_model=name, data=data, files=[str(p) for p in files],
                   output_dir=str(output_dir), quantization=quantization, batch_size=batch_size,
                   micro_batch_size=micro_batch_size, gradient_accumulation_steps=accumulation, world_size=world,
                   num_epochs=num_epochs, max_steps=max_steps, learning_rate=learning_rate, cutoff_len=cutoff_len,
