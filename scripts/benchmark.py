@@ -7,7 +7,10 @@ lengths from real data through the project's own pipeline (formatted FLAN CoT an
 sample from ../shared), and runs each recipe in its own process:
   legacy   the 2023 recipe reproduced: int8, gradient checkpointing, fp16, padded to 512, micro-batch 4
   8bit, 4bit, none   finetune.py as users run it; `4bit:8:ckpt` adds --micro_batch_size 8
-                     and --gradient_checkpointing; `none:fused` / `none:unfused` set --fused_kernels
+                     and --gradient_checkpointing; `none:fused` / `none:unfused` set --fused_kernels;
+                     `none:packed` adds --packing, `none:packed:flex` also flex attention
+`--memory_cap_gib 79` caps each training process's GPU memory (what an 80 GB H100 leaves after
+the CUDA context), to check on a larger card that a recipe fits the smaller one.
 Then generation (ms/token at batch 1, tokens/s at batch 32, 128 new tokens).
 `python scripts/benchmark.py data_path --data D --model M` measures the CPU data path alone.
 Prints a table and writes the figures, card, versions and date as JSON.
@@ -90,13 +93,23 @@ def legacy_2023(model: str, data: str, steps: int = 12, out: str = "legacy.json"
     lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=True)
     lm = get_peft_model(lm, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
                                        task_type="CAUSAL_LM"))
-    collator = CountingCollator(tokenizer, DataCollatorForLanguageModeling(tokenizer, mlm=False))
-    speed = throughput_callback(collator, warmup_steps=2, world=1)
+    collator = CountingCollator(tokenizer, collate=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    speed = throughput_callback(collator, warmup_steps=2)
     args = _training_args(output_dir="/tmp/legacy-2023", per_device_train_batch_size=4, max_steps=steps,
                           learning_rate=3e-4, fp16=True, logging_steps=10, save_strategy="no", report_to="none",
                           group_by_length=False, remove_unused_columns=False)
     Trainer(model=lm, args=args, train_dataset=dataset, data_collator=collator, callbacks=[speed]).train()
     Path(out).write_text(json.dumps(speed.metrics()))
+
+
+def capped(cap_gib: float, script: str, *args):
+    """Run a script with PyTorch's allocator capped at cap_gib of GPU memory (an OOM past it)."""
+    import runpy
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * 2**30 / total))
+    sys.argv = [script, *map(str, args)]
+    runpy.run_path(script, run_name="__main__")
 
 
 def names(value) -> list[str]:
@@ -188,7 +201,7 @@ def data_path(data: str, model: str, records: int = 600_000, legacy_records: int
 
 def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none", steps: int = 60,
          shared: str = None, work_dir: str = "/tmp/alpaca-cot-bench", out: str = None, generation_runs: str = "none,8bit",
-         gen_variants: str = "unmerged,merged,compiled"):
+         gen_variants: str = "unmerged,merged,compiled", memory_cap_gib: float = None):
     if not torch.cuda.is_available():
         raise UserError("the benchmark needs a CUDA GPU")
     from alpaca_cot import models, tiny
@@ -205,7 +218,7 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none",
         bnb_version = bitsandbytes.__version__
     except ImportError:
         bnb_version = None
-    report = {"card": card, "date": time.strftime("%Y-%m-%d"), "shape": shape,
+    report = {"card": card, "date": time.strftime("%Y-%m-%d"), "shape": shape, "memory_cap_gib": memory_cap_gib,
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                            "peft": peft.__version__, "bitsandbytes": bnb_version},
               "matmul_peak_tflops": round(matmul_peak_tflops(), 1), "train": {}, "generation": {}}
@@ -243,6 +256,12 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none",
                 args += ["--gradient_checkpointing"]
             if "fused" in options or "unfused" in options:
                 args += ["--fused_kernels", str("fused" in options)]
+            if "packed" in options:
+                args += ["--packing"]
+            if "flex" in options:
+                args += ["--attn_implementation", "flex_attention"]
+            if memory_cap_gib:
+                args = [sys.executable, __file__, "capped", str(memory_cap_gib), *args[1:]]
             rc = sh(args, work / f"{run_dir.name}.log")
             metrics = json.loads((run_dir / "train_summary.json").read_text()) if rc == 0 else None
         if metrics:
@@ -251,6 +270,7 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none",
                                                "peak_gpu_gib", "mfu", "measured_steps") if k in metrics}
         report["train"][recipe] = metrics
         print(recipe, metrics, flush=True)
+        save(report, out)  # after every recipe, so that a run cut short keeps what it measured
     base = (report["train"].get("legacy") or {}).get("real_tokens_per_s")
     for recipe, metrics in report["train"].items():
         if metrics and base:
@@ -264,20 +284,26 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none",
                 work / f"gen-{quantization}.log")
         report["generation"][quantization] = json.loads(result.read_text()) if rc == 0 else None
     print_table(report)
+    save(report, out)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=2))
         print(f"wrote {out}")
 
 
+def save(report, out):
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2))
+
+
 def print_table(report):
-    print(f"\n{report['card']}, {report['shape']} shape, bf16 matmul peak {report['matmul_peak_tflops']} TFLOP/s")
-    print(f"{'recipe':10s} {'real tok/s':>11s} {'padded tok/s':>13s} {'pad %':>6s} {'peak GiB':>9s} {'MFU':>6s} {'x 2023':>7s}")
+    cap = f", training memory capped at {report['memory_cap_gib']} GiB" if report.get("memory_cap_gib") else ""
+    print(f"\n{report['card']}, {report['shape']} shape, bf16 matmul peak {report['matmul_peak_tflops']} TFLOP/s{cap}")
+    print(f"{'recipe':16s} {'real tok/s':>11s} {'padded tok/s':>13s} {'pad %':>6s} {'peak GiB':>9s} {'MFU':>6s} {'x 2023':>7s}")
     for recipe, m in report["train"].items():
         if not m:
-            print(f"{recipe:10s} failed")
+            print(f"{recipe:16s} failed")
             continue
-        print(f"{recipe:10s} {m['real_tokens_per_s']:11.0f} {m['padded_tokens_per_s']:13.0f} "
+        print(f"{recipe:16s} {m['real_tokens_per_s']:11.0f} {m['padded_tokens_per_s']:13.0f} "
               f"{100 * m['padding_share']:6.1f} {m.get('peak_gpu_gib', 0):9.1f} {100 * m['mfu']:5.1f}% "
               f"{m.get('x_legacy', float('nan')):7.2f}")
     for quantization, variants in report["generation"].items():
@@ -287,7 +313,9 @@ def print_table(report):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("legacy_2023", "generation", "data_path"):
+    if len(sys.argv) > 1 and sys.argv[1] == "capped":
+        capped(float(sys.argv[2]), *sys.argv[3:])
+    elif len(sys.argv) > 1 and sys.argv[1] in ("legacy_2023", "generation", "data_path"):
         name = sys.argv.pop(1)
         run(globals()[name])
     else:

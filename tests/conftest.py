@@ -1,6 +1,8 @@
 """Shared fixtures: the real data in ../shared, a tiny LLaMA with the real tokenizer, offline hub."""
 
+import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -56,3 +58,20 @@ def llama_tokenizer(tiny_llama):
     from alpaca_cot import models
 
     return models.load_tokenizer(str(tiny_llama))
+
+
+@pytest.fixture(scope="session")
+def train_file(tmp_path_factory, shared_dir):
+    """160 alpaca records + 160 formatted FLAN CoT rows (creak and gsm8k), as one JSON list."""
+    from alpaca_cot import cot
+
+    alpaca = json.loads((shared_dir / "data" / "alpaca_cleaned.sample.json").read_text(encoding="utf-8"))
+    alpaca = [r for r in alpaca if r["output"].strip()][:160]
+    templates, rng = cot.load_templates(), random.Random(0)
+    cot_rows = []
+    for name in ("creak", "gsm8k"):
+        rows = cot.read_tsv(shared_dir / "data" / "flan_cot" / f"{name}_train.tsv", "clean")[:80]
+        cot_rows += cot.format_dataset(name, rows, templates, rng)
+    path = tmp_path_factory.mktemp("data") / "train.json"
+    path.write_text(json.dumps(alpaca + cot_rows, ensure_ascii=False), encoding="utf-8")
+    return path

@@ -1,7 +1,6 @@
 """finetune.py on a tiny LLaMA with the real tokenizer and real shared data (CPU)."""
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -9,27 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from alpaca_cot import cot
 from alpaca_cot.cli import UserError
 from alpaca_cot.train import finetune
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-
-
-@pytest.fixture(scope="module")
-def train_file(tmp_path_factory, shared_dir):
-    """160 alpaca records + 160 formatted FLAN CoT rows (creak and gsm8k), as one JSON list."""
-    alpaca = json.loads((shared_dir / "data" / "alpaca_cleaned.sample.json").read_text(encoding="utf-8"))
-    alpaca = [r for r in alpaca if r["output"].strip()][:160]
-    templates, rng = cot.load_templates(), random.Random(0)
-    cot_rows = []
-    for name in ("creak", "gsm8k"):
-        rows = cot.read_tsv(shared_dir / "data" / "flan_cot" / f"{name}_train.tsv", "clean")[:80]
-        cot_rows += cot.format_dataset(name, rows, templates, rng)
-    path = tmp_path_factory.mktemp("data") / "train.json"
-    path.write_text(json.dumps(alpaca + cot_rows, ensure_ascii=False), encoding="utf-8")
-    return path
 
 
 def small_run(base, data, out, **overrides):
@@ -180,6 +163,8 @@ BAD_INPUTS = {
     "unknown quantization": (["--quantization", "3bit"], "unknown --quantization"),
     "val set eats the data": (["--val_set_size", "5000"], "leaves no training data"),
     "fused kernels without a GPU": (["--fused_kernels", "True"], "needs a CUDA GPU and liger-kernel"),
+    "unknown attention": (["--attn_implementation", "fast"], "unknown --attn_implementation"),
+    "flex attention without a GPU": (["--attn_implementation", "flex_attention"], "trains only on a GPU"),
 }
 
 
@@ -228,7 +213,7 @@ def test_throughput_leaves_evaluation_out():
     from alpaca_cot.train import throughput_callback
 
     collator = SimpleNamespace(real_tokens=0, padded_tokens=0)
-    speed = throughput_callback(collator, warmup_steps=1, world=2)
+    speed = throughput_callback(collator, warmup_steps=1)
     args, state = SimpleNamespace(eval_strategy="steps"), SimpleNamespace(global_step=0)
     speed.on_train_begin(args, state, None)
     for step in range(1, 4):
@@ -244,6 +229,29 @@ def test_throughput_leaves_evaluation_out():
     m = speed.metrics()
     assert m["measured_steps"] == 2 and m["padding_share"] == 0.1  # 180 real of 200 padded, eval excluded
     assert m["real_tokens_per_s"] > 0
+
+
+def _sum_on_rank(rank, init_file, results):
+    from alpaca_cot.train import all_ranks_sum
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    results[rank] = all_ranks_sum([rank + 1, 10 * (rank + 1)])
+    torch.distributed.destroy_process_group()
+
+
+def test_token_counts_are_summed_over_ranks(tmp_path):
+    """Each rank collates its own batches, so tokens/s adds every rank's count, not rank 0's times two."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        results = manager.dict()
+        procs = [ctx.Process(target=_sum_on_rank, args=(r, tmp_path / "init", results)) for r in range(2)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(120)
+        assert dict(results) == {0: [3, 30], 1: [3, 30]}
 
 
 def test_default_micro_batch_follows_the_measured_memory():
