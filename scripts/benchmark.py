@@ -6,8 +6,8 @@ Builds a random-init LLaMA of the chosen shape (no weights are downloadable), ta
 lengths from real data through the project's own pipeline (formatted FLAN CoT and the alpaca
 sample from ../shared), and runs each recipe in its own process:
   legacy   the 2023 recipe reproduced: int8, gradient checkpointing, fp16, padded to 512, micro-batch 4
-  8bit, 4bit, none   finetune.py as users run it; `4bit:8:ckpt` adds --micro_batch_size 8
-                     and --gradient_checkpointing; `none:fused` / `none:unfused` set --fused_kernels;
+  8bit, 4bit, none   finetune.py as users run it; `4bit:8` adds --micro_batch_size 8, `ckpt` /
+                     `nockpt` set --gradient_checkpointing; `none:fused` / `none:unfused` set --fused_kernels;
                      `none:packed` adds --packing, `none:packed:flex` also flex attention
 `--memory_cap_gib 79` caps each training process's GPU memory (what an 80 GB H100 leaves after
 the CUDA context), to check on a larger card that a recipe fits the smaller one.
@@ -199,7 +199,7 @@ def data_path(data: str, model: str, records: int = 600_000, legacy_records: int
     return result
 
 
-def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none", steps: int = 60,
+def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", steps: int = 60,
          shared: str = None, work_dir: str = "/tmp/alpaca-cot-bench", out: str = None, generation_runs: str = "none,8bit",
          gen_variants: str = "unmerged,merged,compiled", memory_cap_gib: float = None):
     if not torch.cuda.is_available():
@@ -242,7 +242,7 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none",
                      "--out", str(result)], work / "legacy.log")
             metrics = json.loads(result.read_text()) if rc == 0 else None
         else:
-            quantization, *options = recipe.split(":")  # e.g. 4bit:8:ckpt = micro-batch 8, checkpointing
+            quantization, *options = recipe.split(":")  # e.g. 4bit:8:nockpt = micro-batch 8, no checkpointing
             run_dir = work / f"run-{recipe.replace(':', '-')}"
             args = [sys.executable, "finetune.py", "--base_model", str(model), "--data", str(data),
                     "--quantization", quantization, "--max_steps", str(steps), "--val_set_size", "0",
@@ -252,8 +252,8 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:16:ckpt,none",
             fused = "fused" in options if chosen else models.use_fused_kernels(None, quantization)
             micro = next((int(o) for o in options if o.isdigit()), default_micro_batch_size(quantization, fused))
             args += ["--micro_batch_size", str(micro), "--batch_size", str(micro)]  # one micro-batch a step
-            if "ckpt" in options:
-                args += ["--gradient_checkpointing"]
+            if "ckpt" in options or "nockpt" in options:
+                args += ["--gradient_checkpointing", str("ckpt" in options)]
             if "fused" in options or "unfused" in options:
                 args += ["--fused_kernels", str("fused" in options)]
             if "packed" in options:

@@ -256,9 +256,10 @@ def test_token_counts_are_summed_over_ranks(tmp_path):
 
 def test_default_micro_batch_follows_the_measured_memory():
     from alpaca_cot.models import use_fused_kernels
-    from alpaca_cot.train import default_micro_batch_size
+    from alpaca_cot.train import default_gradient_checkpointing, default_micro_batch_size
 
     assert use_fused_kernels() is False  # no GPU here: auto means off
+    assert [default_gradient_checkpointing(q) for q in ("none", "8bit", "4bit")] == [False, False, True]
     assert default_micro_batch_size("none", False) == 16
     assert default_micro_batch_size("none", True) == 32
     assert default_micro_batch_size("8bit", True) == default_micro_batch_size("4bit", True) == 16
