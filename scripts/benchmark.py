@@ -229,6 +229,9 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
         tokenizer_model = shared / "tokenizers" / "llama" / "tokenizer.model"
         tiny.build(model, tokenizer_model=tokenizer_model if tokenizer_model.exists() else None, shape=shape)
         print(f"built a random-init {shape} model in {time.time() - t:.0f} s", flush=True)
+    # Each recipe runs in its own process: hand this one's cached GPU memory (the matmul test, the
+    # model built on the GPU) back first, or it stays unavailable to them (26 GiB on a 7B shape).
+    torch.cuda.empty_cache()
     data = make_data(shared, work / "bench_data.json")
     config = json.loads((model / "config.json").read_text())
     h, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
@@ -278,7 +281,7 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
     adapter = work / "run-none"
     for quantization in names(generation_runs):
         result = work / f"gen-{quantization}.json"
-        variants = gen_variants if quantization == "none" else "default"
+        variants = ",".join(names(gen_variants)) if quantization == "none" else "default"
         rc = sh([sys.executable, __file__, "generation", "--model", str(model), "--adapter", str(adapter),
                  "--quantization", quantization, "--out", str(result), "--variants", variants],
                 work / f"gen-{quantization}.log")
