@@ -136,7 +136,7 @@ def load_model(name: str, quantization: str = "none", dtype: torch.dtype | None 
     return model
 
 
-def use_fused_kernels(requested=None, quantization: str = "none") -> bool:
+def use_fused_kernels(requested=None) -> bool:
     """Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) for LLaMA on a GPU:
     by default on where liger-kernel is installed (faster and smaller at every precision, measured in
     one run: README, Speed); an error if asked for where they cannot run."""

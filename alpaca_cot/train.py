@@ -1,9 +1,9 @@
 """LoRA fine-tuning under the Hugging Face Trainer: the body of finetune.py.
 
 Checks every flag and the data before any model is loaded, tokenises once with the prompt
-masked out of the loss, pads each batch dynamically (multiple of 8) with length grouping or
-packs it padding-free,
-and saves the adapter so that a crash mid-save never leaves a half-written file behind.
+masked out of the loss, pads each batch dynamically (multiple of 8) with length grouping (or
+packs it padding-free), and saves the adapter so that a crash mid-save never leaves a
+half-written file behind.
 Runs as one process or under torchrun / torch.distributed.launch (one process per GPU).
 """
 
@@ -283,7 +283,7 @@ def finetune(
     name = models.base_model_name(size, base_model)
     models.check_quantization(quantization)
     models.check_attention(attn_implementation)
-    fused_kernels = models.use_fused_kernels(fused_kernels, quantization)
+    fused_kernels = models.use_fused_kernels(fused_kernels)
     if micro_batch_size is None:
         micro_batch_size = default_micro_batch_size(quantization, fused_kernels)
     if gradient_checkpointing is None:

@@ -252,7 +252,7 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
                     "--output_dir", str(run_dir), "--overwrite", "--report_to", "none", "--save_steps", "100000",
                     "--logging_steps", "20"]
             chosen = "fused" in options or "unfused" in options
-            fused = "fused" in options if chosen else models.use_fused_kernels(None, quantization)
+            fused = "fused" in options if chosen else models.use_fused_kernels(None)
             micro = next((int(o) for o in options if o.isdigit()), default_micro_batch_size(quantization, fused))
             args += ["--micro_batch_size", str(micro), "--batch_size", str(micro)]  # one micro-batch a step
             if "ckpt" in options or "nockpt" in options:
