@@ -108,7 +108,7 @@ def throughput_callback(collator: CountingCollator, warmup_steps: int):
         return time.perf_counter(), collator.real_tokens, collator.padded_tokens
 
     class Throughput(TrainerCallback):
-        start = end = last = window = None
+        start = last = window = None
         steps = 0
         evaluation = (0.0, 0, 0)  # seconds and tokens spent evaluating inside the window, left out
 
@@ -129,10 +129,10 @@ def throughput_callback(collator: CountingCollator, warmup_steps: int):
                 self.evaluation = tuple(e + n - l for e, n, l in zip(self.evaluation, now, self.last))
 
         def on_train_end(self, args, state, control, **kw):
-            self.end = sync()
+            end = sync()
             self.steps = state.global_step - self.first_step - warmup_steps
             if self.start is not None and self.steps > 0:
-                seconds, real, padded = (e - s - x for e, s, x in zip(self.end, self.start, self.evaluation))
+                seconds, real, padded = (e - s - x for e, s, x in zip(end, self.start, self.evaluation))
                 self.window = (seconds, *all_ranks_sum([real, padded]))
 
         def metrics(self) -> dict:

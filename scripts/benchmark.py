@@ -9,7 +9,7 @@ sample from ../shared), and runs each recipe in its own process:
   8bit, 4bit, none   finetune.py as users run it; `4bit:8` adds --micro_batch_size 8, `ckpt` /
                      `nockpt` set --gradient_checkpointing; `none:fused` / `none:unfused` set --fused_kernels;
                      `none:packed` adds --packing, `none:packed:flex` also flex attention
-`--memory_cap_gib 79` caps each training process's GPU memory (what an 80 GB H100 leaves after
+`--memory_cap_gib 78` caps each training process's GPU memory (what an 80 GB H100 leaves after
 the CUDA context), to check on a larger card that a recipe fits the smaller one.
 Then generation (ms/token at batch 1, tokens/s at batch 32, 128 new tokens).
 `python scripts/benchmark.py data_path --data D --model M` measures the CPU data path alone.
@@ -257,8 +257,8 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
             args += ["--micro_batch_size", str(micro), "--batch_size", str(micro)]  # one micro-batch a step
             if "ckpt" in options or "nockpt" in options:
                 args += ["--gradient_checkpointing", str("ckpt" in options)]
-            if "fused" in options or "unfused" in options:
-                args += ["--fused_kernels", str("fused" in options)]
+            if chosen:
+                args += ["--fused_kernels", str(fused)]
             if "packed" in options:
                 args += ["--packing"]
             if "flex" in options:

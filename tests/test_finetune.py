@@ -165,6 +165,7 @@ BAD_INPUTS = {
     "fused kernels without a GPU": (["--fused_kernels", "True"], "needs a CUDA GPU and liger-kernel"),
     "unknown attention": (["--attn_implementation", "fast"], "unknown --attn_implementation"),
     "flex attention without a GPU": (["--attn_implementation", "flex_attention"], "trains only on a GPU"),
+    "flash attention without flash-attn": (["--attn_implementation", "flash_attention_2"], "needs the flash-attn"),
 }
 
 
