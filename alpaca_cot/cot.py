@@ -18,7 +18,9 @@ Two ways to read the TSVs:
 
 import csv
 import json
+import random
 import re
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -52,17 +54,36 @@ def _check_width(path, n, row):
         )
 
 
-def read_tsv(path, style="original"):
+def read_tsv(path, style="original", warn=None):
     """Rows of (question, answer, chain_of_thought) strings."""
     if style not in STYLES:
         raise UserError(f"unknown style {style!r}: use one of {', '.join(STYLES)}")
+    try:
+        rows = _read_rows(path, style, warn or (lambda message: print(message, file=sys.stderr)))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:  # the field-size limit, a NUL byte
+        raise UserError(f"{path}: {e}") from None
+    if not rows:
+        raise UserError(f"{path}: no rows (an empty file)")
+    return rows
+
+
+def _read_rows(path, style, warn):
     rows = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a BOM is not part of the first question
         if style == "original":
             reader = csv.reader(f, delimiter="\t")
+            merged = []
             for row in reader:
                 _check_width(path, reader.line_num, row)
+                # FLAN's fields hold no real line breaks: one here is csv joining lines after an unbalanced quote.
+                if any("\n" in field for field in row):
+                    merged.append(reader.line_num)
                 rows.append(tuple(row))
+            if merged:
+                warn(f"warning: {path}: {len(merged)} row(s) ending at line(s) {', '.join(map(str, merged[:10]))} "
+                     "span several lines: an unbalanced quote made csv.reader join them, as the 2023 code did")
             return rows
         for n, line in enumerate(f, 1):
             row = line.rstrip("\r\n").split("\t")
@@ -90,6 +111,40 @@ def format_dataset(name, rows, templates, rng):
     """One template per row, drawn with rng (a random.Random), in row order."""
     pairs = templates[name]
     return [format_row(row, pairs[rng.randrange(len(pairs))]) for row in rows]
+
+
+def question_key(question: str) -> str:
+    """What makes two questions the same for holding out: case and spacing ignored."""
+    return " ".join(question.replace("\\n", " ").lower().split())
+
+
+def holdout(formatted: dict, rows: dict, per_dataset: int, seed: int) -> tuple[dict, list, int]:
+    """Moves per_dataset questions of each dataset, drawn with seed, to an evaluation list.
+
+    formatted and rows map dataset -> records and their TSV rows, in the same order. Returns the
+    training records left, the evaluation records (the question as written, its gold answer and the
+    FLAN-formatted reference) and how many training rows were dropped for repeating a held-out
+    question (in any dataset), so that no evaluation question is ever trained on.
+    """
+    evaluation, n_picked = [], 0
+    for name in formatted:
+        n = min(per_dataset, len(rows[name]))
+        picked = sorted(random.Random(f"{seed}:{name}").sample(range(len(rows[name])), n))
+        n_picked += len(picked)
+        seen = set()
+        for i in picked:
+            question, answer, _ = rows[name][i]
+            if question_key(question) not in seen:
+                seen.add(question_key(question))
+                evaluation.append({"task": "cot", "dataset": name, "instruction": question, "input": "",
+                                   "answer": answer, "reference": formatted[name][i]["output"]})
+    held = {question_key(r["instruction"]) for r in evaluation}
+    train, dropped = {}, 0
+    for name, records in formatted.items():
+        keep = [r for r, row in zip(records, rows[name]) if question_key(row[0]) not in held]
+        dropped += len(records) - len(keep)
+        train[name] = keep
+    return train, evaluation, dropped - n_picked
 
 
 def download(name, dest_dir, timeout=60):

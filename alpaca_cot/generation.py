@@ -129,6 +129,8 @@ class Generator:
         return {"input_ids": input_ids, "attention_mask": mask}
 
     def _decoding(self, decoding: dict) -> dict:
+        if self.prompter.stop:  # ends a row's decoding early; the text is cut in Prompter.answer
+            decoding = {"stop_strings": [self.prompter.stop], "tokenizer": self.tokenizer, **decoding}
         if self.compile and decoding.get("num_beams", 1) == 1:
             return {"cache_implementation": "static", **decoding}
         return decoding
@@ -139,7 +141,7 @@ class Generator:
         batch = self._batch(prompts)
         out = self.model.generate(**batch, **self._decoding(decoding))
         new = out[:, batch["input_ids"].shape[1]:]
-        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+        return [self.prompter.answer(self.tokenizer.decode(row, skip_special_tokens=True)) for row in new]
 
     def stream(self, prompt: str, **decoding):
         """Yields the answer piece by piece as tokens come (greedy or sampling; not beams)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from . import gguf
 from .cli import UserError
 
 # --size -> default checkpoint (the 2023 repo's decapoda-research ids are gone from the hub).
@@ -21,12 +22,18 @@ ATTENTIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 
 
 def base_model_name(size=7, base_model=None) -> str:
-    """--base_model wins over --size; a path-like value must exist locally."""
+    """--base_model wins over --size; a path-like value must exist locally. A preset name
+    (smollm2-135m) or a .gguf file resolves to its cached safetensors checkpoint."""
     if base_model:
         name = str(base_model)
+        if name in gguf.PRESETS:
+            return gguf.checkpoint(gguf.preset_file(name))
+        if name.endswith(".gguf"):
+            return gguf.checkpoint(name)
         looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
         if looks_local and not Path(name).expanduser().exists():
-            raise UserError(f"base model {name} not found (not a local folder, nor a hub id like org/name)")
+            raise UserError(f"base model {name} not found (not a local folder, a hub id like org/name, a .gguf file, "
+                            f"nor a preset: {', '.join(gguf.PRESETS)})")
         return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
     try:
         return SIZES[int(size)]

@@ -12,7 +12,12 @@ IGNORE = -100
 
 
 def _bos(tokenizer) -> list[int]:
-    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    """BOS exactly when the tokenizer itself adds one: LLaMA's does; SmolLM2's, whose bos_token is
+    the chat marker <|im_start|>, does not; nor does one whose BOS is its EOS."""
+    bos = tokenizer.bos_token_id
+    if bos is None or bos == tokenizer.eos_token_id:
+        return []
+    return [bos] if tokenizer("a")["input_ids"][:1] == [bos] else []
 
 
 def encode_batch(batch: dict, tokenizer, prompter, cutoff_len: int, train_on_inputs: bool = False) -> dict:

@@ -27,3 +27,14 @@ class Prompter:
         else:
             text = self.template["prompt_no_input"]
         return text.replace("{instruction}", instruction, 1)
+
+    @property
+    def stop(self) -> str | None:
+        """The text a model writes when it starts a new turn of its own: no part of an answer."""
+        return self.template.get("stop")
+
+    def answer(self, generated: str) -> str:
+        """The answer in generated text: up to the template's stop marker, stripped."""
+        if self.stop:
+            generated = generated.split(self.stop, 1)[0]
+        return generated.strip()

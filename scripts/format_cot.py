@@ -2,11 +2,15 @@
 
     python scripts/format_cot.py --src DIR [--out data/CoT_data.json] [--style original|clean]
         [--seed 42] [--datasets all|aqua,creak,...] [--per_dataset_dir DIR]
+        [--holdout 50 [--eval_out data/CoT_data_eval.jsonl]]
 
 DIR holds <name>_train.tsv files; datasets missing there are skipped with a warning.
 Without --src the files are downloaded from FLAN into data/flan_cot/ (kept as a cache).
+--holdout N moves N questions of each dataset (drawn with --seed) into an evaluation file for
+scripts/evaluate.py, and keeps them, and any row repeating them, out of the training output.
 """
 
+import json
 import random
 import sys
 import time
@@ -18,7 +22,7 @@ from tqdm import tqdm  # noqa: E402
 
 from alpaca_cot import DATA_DIR, cot  # noqa: E402
 from alpaca_cot.cli import UserError, run  # noqa: E402
-from alpaca_cot.io import write_json_atomic  # noqa: E402
+from alpaca_cot.io import atomic_open, write_json_atomic  # noqa: E402
 
 
 def parse_datasets(datasets):
@@ -33,31 +37,55 @@ def parse_datasets(datasets):
     return names
 
 
+def tsv_paths(src, names) -> dict:
+    if src is None:
+        return {n: cot.download(n, DATA_DIR / "flan_cot") for n in names}
+    if not Path(src).is_dir():
+        raise UserError(f"--src {src}: not a directory")
+    paths = {n: Path(src) / f"{n}_train.tsv" for n in names}
+    missing = [n for n, p in paths.items() if not p.is_file()]
+    if len(missing) == len(names):
+        raise UserError(f"--src {src}: none of {', '.join(f'{n}_train.tsv' for n in names)} found")
+    if missing:
+        print(f"warning: skipping datasets missing from {src}: {', '.join(missing)}", file=sys.stderr)
+    return {n: p for n, p in paths.items() if n not in missing}
+
+
 def main(src=None, out="data/CoT_data.json", style="original", seed=42, datasets="all",
-         per_dataset_dir=None):
+         per_dataset_dir=None, holdout=0, eval_out=None):
+    """Format FLAN CoT TSVs into instruction records, optionally holding out evaluation questions.
+
+    Args:
+        src: folder of <name>_train.tsv files (default: download FLAN's into data/flan_cot/)
+        out: the training JSON list to write
+        style: original (the 2023 files, byte for byte) or clean (real line breaks; for training)
+        seed: seeds the template drawn for each row and the held-out questions
+        datasets: all, or a comma-separated list of FLAN CoT dataset names
+        per_dataset_dir: also write one <name>_train.json per dataset into this folder
+        holdout: questions per dataset moved into the evaluation file (0: none)
+        eval_out: the evaluation JSONL (default: beside --out, named <out stem>_eval.jsonl)
+    """
     start = time.perf_counter()
     if style not in cot.STYLES:
         raise UserError(f"unknown --style {style!r}: use one of {', '.join(cot.STYLES)}")
-    names = parse_datasets(datasets)
-    if src is None:
-        paths = {n: cot.download(n, DATA_DIR / "flan_cot") for n in names}
-    else:
-        if not Path(src).is_dir():
-            raise UserError(f"--src {src}: not a directory")
-        paths = {n: Path(src) / f"{n}_train.tsv" for n in names}
-        missing = [n for n, p in paths.items() if not p.is_file()]
-        if len(missing) == len(names):
-            raise UserError(f"--src {src}: none of {', '.join(f'{n}_train.tsv' for n in names)} found")
-        if missing:
-            print(f"warning: skipping datasets missing from {src}: {', '.join(missing)}", file=sys.stderr)
-        paths = {n: p for n, p in paths.items() if n not in missing}
-
+    if not isinstance(holdout, int) or isinstance(holdout, bool) or holdout < 0:
+        raise UserError(f"--holdout must be a whole number >= 0, got {holdout!r}")
+    paths = tsv_paths(src, parse_datasets(datasets))
     templates = cot.load_templates()
     rng = random.Random(seed)
-    formatted = {}
+    rows, formatted = {}, {}
     # Everything is read and formatted before anything is written, so bad input leaves no file.
     for name, path in tqdm(paths.items(), desc="format", unit="set", disable=None):
-        formatted[name] = cot.format_dataset(name, cot.read_tsv(path, style), templates, rng)
+        rows[name] = cot.read_tsv(path, style)
+        formatted[name] = cot.format_dataset(name, rows[name], templates, rng)
+    evaluation = []
+    if holdout:
+        formatted, evaluation, repeats = cot.holdout(formatted, rows, holdout, seed)
+        eval_out = Path(eval_out or Path(out).with_name(Path(out).stem + "_eval.jsonl"))
+        with atomic_open(eval_out) as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in evaluation)
+        print(f"held out {len(evaluation)} questions -> {eval_out}; dropped {repeats} training rows "
+              "that repeat one of them")
 
     merged = [r for records in formatted.values() for r in records]
     write_json_atomic(merged, out)
