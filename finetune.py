@@ -4,7 +4,6 @@ All flags: `python finetune.py --help`. The work happens in alpaca_cot/train.py.
 """
 
 from alpaca_cot.cli import run
-from alpaca_cot.train import finetune
 
 if __name__ == "__main__":
-    run(finetune)
+    run("alpaca_cot.train:finetune")  # a string: the flags are checked before torch is imported

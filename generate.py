@@ -28,7 +28,37 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
          top_p: float = 1.0, top_k: int = 0, num_beams: int = 1, repetition_penalty: float = 1.0, seed: int = 42,
          no_adapter: bool = False, web: bool = False, server_name: str = "127.0.0.1", server_port: int = 7860,
          share: bool = False, skip_bad_records: bool = False, merge: bool = None, compile: bool = None):
-    """Answer instructions with the adapter that finetune.py saved (saved-{data}{size}b by default)."""
+    """Answer instructions with the adapter that finetune.py saved (saved-{data}{size}b by default).
+
+    Args:
+        size: LLaMA size in billions (7, 13, 30 or 65) for huggyllama/llama-{size}b.
+        data: the --data the adapter was trained on; finds it in saved-{data}{size}b.
+        base_model: local folder or hub id of the base model; wins over --size.
+        lora_weights: the adapter folder; wins over --size and --data.
+        quantization: none (16-bit), 8bit or 4bit.
+        prompt_template_name: a template in templates/, the one the adapter was trained with.
+        instruction: answer this one instruction and print the answer.
+        input: the instruction's input (context), if it has one.
+        input_file: answer every record of this .json or .jsonl file.
+        output_file: where the --input_file answers go, as JSONL; INPUT.answers.jsonl by default.
+        batch_size: prompts answered together from --input_file.
+        cot: append "Let's think step by step." to each instruction.
+        max_new_tokens: longest answer in tokens.
+        temperature: 0 decodes greedily; above 0 samples at this temperature.
+        top_p: nucleus sampling: keep the most likely tokens up to this total probability.
+        top_k: sampling keeps only the k most likely tokens (0: all).
+        num_beams: beam search with this many beams (1: none).
+        repetition_penalty: above 1 discourages repeated tokens.
+        seed: seeds sampling.
+        no_adapter: answer with the base model alone.
+        web: serve a Gradio page instead of answering here.
+        server_name: address the --web page listens on.
+        server_port: port the --web page listens on.
+        share: ask Gradio for a public link to the --web page.
+        skip_bad_records: skip malformed --input_file records instead of stopping.
+        merge: fold the adapter into the base weights (faster); on by default without --quantization.
+        compile: static KV cache, compiled; by default for long --input_file runs on a GPU.
+    """
     decoding = decoding_kwargs(max_new_tokens, temperature, top_p, top_k, num_beams, repetition_penalty)
     if instruction is not None and not str(instruction).strip():
         raise UserError("--instruction is empty")

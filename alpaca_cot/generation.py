@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from . import models
+from .checks import DECODING_RULES, require
 from .cli import UserError
 from .preprocess import encode_prompt
 from .prompter import Prompter
@@ -26,10 +27,7 @@ def with_cot(instruction: str) -> str:
 def decoding_kwargs(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, num_beams=1,
                     repetition_penalty=1.0) -> dict:
     """Greedy unless a sampling knob is set; beam search when num_beams > 1."""
-    if max_new_tokens <= 0:
-        raise UserError(f"--max_new_tokens must be positive, got {max_new_tokens}")
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or num_beams < 1:
-        raise UserError("decoding: need temperature >= 0, 0 < top_p <= 1, top_k >= 0, num_beams >= 1")
+    require(DECODING_RULES, locals())
     sample = temperature > 0
     kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=sample,
                   repetition_penalty=repetition_penalty)

@@ -19,6 +19,7 @@ import torch
 
 from . import data as data_registry
 from . import models
+from .checks import check_finetune_flags
 from .cli import UserError
 from .preprocess import encode_batch, prompt_overhead
 from .prompter import Prompter
@@ -277,7 +278,45 @@ def finetune(
     report_to: str = "auto",
     local_rank: int = None,  # passed by torch.distributed.launch; the env var LOCAL_RANK is what counts
 ):
-    """Fine-tune a LLaMA-family model with LoRA on instruction data and save the adapter."""
+    """Fine-tune a LLaMA-family model with LoRA on instruction data and save the adapter.
+
+    Args:
+        base_model: local folder or hub id of the base model; wins over --size.
+        size: LLaMA size in billions (7, 13, 30 or 65) for huggyllama/llama-{size}b.
+        data: dataset names joined by - (alpaca-belle-cot), or .json/.jsonl files, comma-separated.
+        output_dir: where the adapter is saved; saved-{data}{size}b by default.
+        quantization: 8bit (the original recipe), 4bit (QLoRA) or none (bf16, fp32 on a CPU).
+        batch_size: records per optimizer step, over all processes.
+        micro_batch_size: records per forward pass on each GPU; 32 for bf16 with fused kernels, else 16.
+        num_epochs: passes over the training data (ignored when --max_steps > 0).
+        learning_rate: peak learning rate of the linear schedule.
+        cutoff_len: longest record in tokens; longer ones are cut, keeping their EOS.
+        val_set_size: records held out for evaluation (0: none).
+        warmup_steps: optimizer steps of linear warm-up.
+        eval_steps: evaluate every this many optimizer steps.
+        save_steps: save a checkpoint every this many optimizer steps.
+        save_total_limit: checkpoints kept in output_dir (None: all).
+        max_steps: stop after this many optimizer steps (-1: run --num_epochs).
+        logging_steps: log the loss every this many optimizer steps.
+        seed: seeds the data split, the shuffling and the adapter's initialisation.
+        gradient_checkpointing: recompute activations to save memory; on for 4bit only by default.
+        fused_kernels: Liger's fused Triton kernels; on by default on a GPU with liger-kernel.
+        packing: put each micro-batch's records in one row without padding.
+        attn_implementation: sdpa, eager, flex_attention or flash_attention_2.
+        lora_r: rank of the LoRA matrices.
+        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
+        lora_dropout: dropout on the LoRA input, in [0, 1).
+        lora_target_modules: modules that get an adapter, comma-separated.
+        prompt_template_name: a template in templates/ (alpaca).
+        train_on_inputs: also train on the prompt, not only on the response.
+        group_by_length: batch records of similar length together (less padding).
+        skip_bad_records: skip and count malformed records instead of stopping.
+        resume_from_checkpoint: auto (the last checkpoint in output_dir) or a checkpoint folder.
+        overwrite: replace an adapter already saved in output_dir.
+        report_to: none, auto (tensorboard if installed), or an installed tracker such as wandb.
+        local_rank: set by torch.distributed.launch; the LOCAL_RANK variable is what counts.
+    """
+    check_finetune_flags(**locals())
     started = time.time()
     # Everything is checked before a model is loaded.
     name = models.base_model_name(size, base_model)

@@ -68,7 +68,14 @@ def sh(args: list[str], log: Path) -> int:
 
 
 def legacy_2023(model: str, data: str, steps: int = 12, out: str = "legacy.json"):
-    """The 2023 Alpaca-CoT recipe, reproduced for comparison (not a finetune.py option)."""
+    """The 2023 Alpaca-CoT recipe, reproduced for comparison (not a finetune.py option).
+
+    Args:
+        model: the model folder.
+        data: the data file.
+        steps: optimizer steps of one micro-batch of 4.
+        out: the JSON file the speed is written to.
+    """
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, DataCollatorForLanguageModeling, Trainer
@@ -131,7 +138,16 @@ GEN_VARIANTS = {"unmerged": dict(merge=False), "merged": dict(merge=True), "comp
 
 def generation(model: str, adapter: str, quantization: str = "none", out: str = "gen.json", new_tokens: int = 128,
                variants: str = "default"):
-    """ms/token at batch 1 and tokens/s at batch 32, greedy, exactly new_tokens tokens each."""
+    """ms/token at batch 1 and tokens/s at batch 32, greedy, exactly new_tokens tokens each.
+
+    Args:
+        model: the base model folder.
+        adapter: the adapter folder.
+        quantization: none, 8bit or 4bit.
+        out: the JSON file the figures are written to.
+        new_tokens: tokens generated per prompt.
+        variants: comma-separated GEN_VARIANTS names.
+    """
     from alpaca_cot.generation import Generator
 
     results = {}
@@ -165,7 +181,14 @@ def generation(model: str, adapter: str, quantization: str = "none", out: str = 
 
 def data_path(data: str, model: str, records: int = 600_000, legacy_records: int = 20_000):
     """CPU records/s for format + tokenise + mask: the project's batched single pass against the 2023
-    way (one record at a time, tokenising the prompt and the full text, padding to 512)."""
+    way (one record at a time, tokenising the prompt and the full text, padding to 512).
+
+    Args:
+        data: a --data value.
+        model: the model folder or hub id whose tokenizer is used.
+        records: records formatted and tokenised the project's way.
+        legacy_records: records formatted and tokenised the 2023 way.
+    """
     from datasets import Dataset
 
     from alpaca_cot import data as registry, models
@@ -202,6 +225,19 @@ def data_path(data: str, model: str, records: int = 600_000, legacy_records: int
 def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", steps: int = 60,
          shared: str = None, work_dir: str = "/tmp/alpaca-cot-bench", out: str = None, generation_runs: str = "none,8bit",
          gen_variants: str = "unmerged,merged,compiled", memory_cap_gib: float = None):
+    """Train each recipe on a random-init model of --shape, then time generation; print and save the figures.
+
+    Args:
+        shape: the LLaMA-1 shape of the random-init model: 7b or 13b.
+        recipes: comma-separated: legacy, 8bit, 4bit, none, with options such as 4bit:8 or none:fused.
+        steps: optimizer steps of one micro-batch each per recipe.
+        shared: the folder with the real data and the LLaMA tokenizer; ../shared by default.
+        work_dir: where the model, data, runs and logs go.
+        out: the JSON file the report is written to (none by default).
+        generation_runs: quantizations whose generation speed is timed, comma-separated.
+        gen_variants: generate.py variants timed in 16-bit: unmerged, merged, compiled, default.
+        memory_cap_gib: cap each training process's GPU memory at this many GiB.
+    """
     if not torch.cuda.is_available():
         raise UserError("the benchmark needs a CUDA GPU")
     from alpaca_cot import models, tiny

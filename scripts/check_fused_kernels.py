@@ -51,6 +51,13 @@ def loss_and_grads(model_dir, batch, fused: bool, num_items=None):
 
 
 def main(records: int = 8, cutoff_len: int = 256, tolerance: float = 1e-4):
+    """Compare loss and LoRA gradients with and without Liger's fused kernels on one batch.
+
+    Args:
+        records: demo records in the batch.
+        cutoff_len: longest record in tokens.
+        tolerance: largest relative difference in loss or gradients that passes.
+    """
     try:
         import liger_kernel  # noqa: F401
     except ImportError:

@@ -32,6 +32,18 @@ def row(name: str, s: dict) -> str:
 
 def main(data="cot", base_model=None, size=7, cutoff_len=512, prompt_template_name="alpaca",
          skip_bad_records=False, json=None, num_proc=None):
+    """Print token-length statistics of --data under the prompt template, per source and in total.
+
+    Args:
+        data: dataset names joined by - (alpaca-belle-cot), or .json/.jsonl files, comma-separated.
+        base_model: local folder or hub id whose tokenizer counts the tokens; wins over --size.
+        size: LLaMA size in billions (7, 13, 30 or 65) for huggyllama/llama-{size}b's tokenizer.
+        cutoff_len: the finetune.py --cutoff_len to count the records over.
+        prompt_template_name: a template in templates/ (alpaca).
+        skip_bad_records: skip and count malformed records instead of stopping.
+        json: also write the statistics to this JSON file.
+        num_proc: processes that tokenise (default: one).
+    """
     start = time.perf_counter()
     if not isinstance(cutoff_len, int) or isinstance(cutoff_len, bool) or cutoff_len <= 0:
         raise UserError(f"--cutoff_len must be a positive integer, got {cutoff_len!r}")

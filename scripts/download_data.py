@@ -39,6 +39,13 @@ def fetch(dataset_id: str, out: Path) -> list[dict]:
 
 
 def main(name, out=None, src=None):
+    """Download (or, for cot, build) a registered dataset as a JSON list of records.
+
+    Args:
+        name: alpaca, belle or cot.
+        out: where the JSON list is written; the dataset's file in data/ by default.
+        src: for cot, a folder of FLAN <name>_train.tsv files instead of downloading them.
+    """
     if name not in REGISTRY or name == "demo":
         raise UserError(f"unknown dataset {name!r}; choose one of alpaca, belle, cot")
     out = Path(out) if out is not None else DATA_DIR / REGISTRY[name].file

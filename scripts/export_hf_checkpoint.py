@@ -71,7 +71,17 @@ def save_atomically(model, tokenizer, out: Path):
 
 def main(base_model: str = None, lora_weights: str = None, out: str = None, dtype: str = "auto",
          size: int = 7, quantization: str = "none", overwrite: bool = False):
-    """Merge the adapter in --lora_weights into --base_model and save the result to --out."""
+    """Merge the adapter in --lora_weights into --base_model and save the result to --out.
+
+    Args:
+        base_model: local folder or hub id of the base model; wins over --size.
+        lora_weights: the adapter folder finetune.py saved (required).
+        out: the folder the merged checkpoint is written to (required).
+        dtype: precision of the merged weights: auto (the base's), float32, bfloat16 or float16.
+        size: LLaMA size in billions (7, 13, 30 or 65) for huggyllama/llama-{size}b.
+        quantization: only none: an adapter cannot be merged into quantized weights.
+        overwrite: replace a --out folder that is not empty.
+    """
     start = time.perf_counter()
     # ---- everything checked before a model is loaded ----
     if quantization != "none":

@@ -1,0 +1,248 @@
+"""The strict command line of every script (alpaca_cot/cli.py): a misspelled flag, a stray argument, a
+value of the wrong type or out of range stops in one line before any work, and --help lists every flag.
+
+Entry points are found by scanning finetune.py, generate.py and scripts/*.py for `run(<name>)` and
+`run("<module>:<name>")`, so a new script is covered without being listed here.
+"""
+
+import functools
+import importlib.util
+import inspect
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alpaca_cot.checks import check_finetune_flags
+from alpaca_cot.cli import UserError, arg_descriptions, parse_argv, signature_only
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = [ROOT / "finetune.py", ROOT / "generate.py", *sorted((ROOT / "scripts").glob("*.py"))]
+# (script, "name") for run(name); (script, "module:name") for run("module:name")
+ENTRIES = [(script, name) for script in SCRIPTS
+           for name in re.findall(r"""\brun\(["']?([\w.]+:\w+|\w+)["']?\)""", script.read_text())]
+# Flags that name something to write: pointed into the test's empty folder, which must stay empty.
+OUTPUT_FLAGS = ("out", "output_dir", "output_file", "json", "work_dir", "per_dataset_dir")
+
+
+def entry_id(entry) -> str:
+    return f"{entry[0].relative_to(ROOT)}:{entry[1]}"
+
+
+@functools.cache
+def entry_function(script: Path, name: str):
+    if ":" in name:
+        module, name = name.split(":")
+        return getattr(importlib.import_module(module), name)
+    spec = importlib.util.spec_from_file_location(f"cli_entry_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def parameters(entry) -> list[str]:
+    return list(inspect.signature(entry_function(*entry)).parameters)
+
+
+def cli(script, *args, cwd=ROOT):
+    """Run a script; returns the finished process and its wall time."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, PAGER="false"))
+    return proc, time.perf_counter() - start
+
+
+def one_error(proc) -> str:
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    return lines[0]
+
+
+def entry_of(script: str):
+    return next(entry for entry in ENTRIES if entry[0] == ROOT / script)
+
+
+def outputs_into(folder: Path, entry) -> list[str]:
+    return [x for p in parameters(entry) if p in OUTPUT_FLAGS for x in (f"--{p}", str(folder / p))]
+
+
+def test_every_script_is_found():
+    found = {script.name for script, _ in ENTRIES}
+    assert found >= {"finetune.py", "generate.py", "format_cot.py", "data_stats.py", "download_data.py",
+                     "export_hf_checkpoint.py", "make_tiny_model.py", "benchmark.py", "check_fused_kernels.py"}
+
+
+# format_cot.py's Args section is being written on another branch.
+NOT_YET_DESCRIBED = pytest.mark.xfail(strict=True, reason="format_cot.py has no Args section yet; drop this mark")
+
+
+@pytest.mark.parametrize("entry", [pytest.param(e, id=entry_id(e), marks=NOT_YET_DESCRIBED if e[0].name == "format_cot.py"
+                                                else ()) for e in ENTRIES])
+def test_every_parameter_is_described(entry):
+    described = arg_descriptions(entry_function(*entry))
+    assert [p for p in parameters(entry) if not described.get(p)] == []
+    assert set(described) <= set(parameters(entry))  # no description of a parameter that is gone
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if ":" in e[1]], ids=entry_id)
+def test_signature_read_from_the_source_is_the_real_one(entry):
+    fn, read = entry_function(*entry), signature_only(*entry[1].split(":"))
+    assert inspect.signature(read) == inspect.signature(fn) and read.__doc__ == fn.__doc__
+
+
+def test_args_section_convention():
+    def f(alpha, beta=1):
+        """Summary.
+
+        Args:
+            alpha: the first,
+                continued deeper.
+            beta: the second.
+
+        Returns:
+            nothing: not an argument.
+        """
+
+    assert arg_descriptions(f) == {"alpha": "the first, continued deeper.", "beta": "the second."}
+
+
+# ---- every script: a typo fails fast, with a suggestion, before anything is written ----
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=entry_id)
+def test_typo_fails_fast_and_writes_nothing(entry, tmp_path):
+    flag = max(parameters(entry), key=len)
+    typo = flag[:-2] + flag[-1]  # drop the second-last letter
+    proc, seconds = cli(entry[0], *outputs_into(tmp_path, entry), f"--{typo}", "1", cwd=tmp_path)
+    assert one_error(proc) == f"error: unknown flag --{typo}; did you mean --{flag}?"
+    assert seconds < 5
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("finetune.py", ["--micro_batchsize", "4"], "unknown flag --micro_batchsize; did you mean --micro_batch_size?"),
+    ("finetune.py", ["--epochs", "1"], "unknown flag --epochs; did you mean --num_epochs?"),
+    ("finetune.py", ["cot"], "unexpected argument 'cot'"),
+    ("generate.py", ["--instrution", "hi"], "unknown flag --instrution; did you mean --instruction?"),
+    ("scripts/download_data.py", ["alpaca", "belle"], "unexpected argument 'belle'"),
+    ("scripts/download_data.py", [], "missing argument name"),
+])
+def test_unknown_flags_and_stray_arguments(script, args, message, tmp_path):
+    proc, _ = cli(script, *args, *outputs_into(tmp_path, entry_of(script)), cwd=tmp_path)
+    assert message in one_error(proc)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("finetune.py", ["--batch_size", "True"], "--batch_size takes an integer, got 'True'"),
+    ("finetune.py", ["--batch_size", "1.5"], "--batch_size takes an integer, got '1.5'"),
+    ("finetune.py", ["--packing", "maybe"], "--packing takes True or False, got 'maybe'"),
+    ("finetune.py", ["--learning_rate", "fast"], "--learning_rate takes a number, got 'fast'"),
+    ("generate.py", ["--max_new_tokens", "1.5"], "--max_new_tokens takes an integer, got '1.5'"),
+    ("scripts/make_tiny_model.py", ["--layers=two"], "--layers takes an integer, got 'two'"),
+])
+def test_wrong_types_fail_before_any_work(script, args, message, tmp_path):
+    proc, _ = cli(script, *args, *outputs_into(tmp_path, entry_of(script)), cwd=tmp_path)
+    assert one_error(proc) == f"error: {message}"
+    assert list(tmp_path.iterdir()) == []
+
+
+FINETUNE_RANGES = {
+    "learning_rate": (["--learning_rate", "0"], "--learning_rate must be > 0, got 0"),
+    "num_epochs": (["--num_epochs", "0"], "--num_epochs must be > 0 unless --max_steps is, got 0"),
+    "lora_r": (["--lora_r", "0"], "--lora_r must be a positive integer, got 0"),
+    "lora_alpha": (["--lora_alpha", "-16"], "--lora_alpha must be > 0, got -16"),
+    "lora_dropout": (["--lora_dropout", "1.0"], "--lora_dropout must be in [0, 1), got 1.0"),
+    "warmup_steps": (["--warmup_steps", "-1"], "--warmup_steps must be an integer >= 0, got -1"),
+    "logging_steps": (["--logging_steps", "0"], "--logging_steps must be an integer >= 1, got 0"),
+    "eval_steps": (["--eval_steps", "0"], "--eval_steps must be an integer >= 1, got 0"),
+    "save_steps": (["--save_steps", "0"], "--save_steps must be an integer >= 1, got 0"),
+    "val_set_size": (["--val_set_size", "-5"], "--val_set_size must be an integer >= 0, got -5"),
+    "seed": (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    "save_total_limit": (["--save_total_limit", "0"], "--save_total_limit must be an integer >= 1 or None, got 0"),
+    "report_to unknown": (["--report_to", "tensorbord"], "--report_to 'tensorbord' is unknown"),
+    "report_to not installed": (["--report_to", "wandb"], "--report_to wandb needs the wandb package"),
+    "prompt template": (["--prompt_template_name", "nope"], "unknown prompt template 'nope'"),
+}
+
+
+@pytest.mark.parametrize("case", FINETUNE_RANGES)
+def test_finetune_ranges_fail_before_any_work(case, tmp_path):
+    args, message = FINETUNE_RANGES[case]
+    proc, _ = cli("finetune.py", *args, *outputs_into(tmp_path, entry_of("finetune.py")), cwd=tmp_path)
+    assert one_error(proc).startswith(f"error: {message}")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max_new_tokens", "0"], "--max_new_tokens must be a positive integer, got 0"),
+    (["--repetition_penalty", "0"], "--repetition_penalty must be > 0, got 0"),
+    (["--top_p", "1.5"], "--top_p must be in (0, 1], got 1.5"),
+])
+def test_generate_decoding_ranges_fail_before_loading(args, message, tmp_path):
+    proc, _ = cli("generate.py", "--instruction", "hi", *args, *outputs_into(tmp_path, entry_of("generate.py")),
+                  cwd=tmp_path)
+    assert one_error(proc) == f"error: {message}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def finetune_defaults() -> dict:
+    from alpaca_cot.train import finetune
+
+    return {name: p.default for name, p in inspect.signature(finetune).parameters.items()}
+
+
+def test_range_checks_accept_the_defaults_and_their_edges():
+    flags = finetune_defaults()
+    check_finetune_flags(**flags)
+    check_finetune_flags(**dict(flags, num_epochs=0, max_steps=5, lora_dropout=0.0, warmup_steps=0,
+                                val_set_size=0, seed=0, save_total_limit=None, report_to="tensorboard"))
+    with pytest.raises(UserError, match="--num_epochs"):
+        check_finetune_flags(**dict(flags, num_epochs=0))
+
+
+# ---- accepted syntax ----
+
+def test_fire_syntax_is_accepted():
+    from alpaca_cot.train import finetune
+
+    got = parse_argv(finetune, ["--micro-batch-size", "4", "--local-rank=3", "--nopacking", "--train_on_inputs",
+                                "--learning_rate=1e-4", "--lora_target_modules", "q_proj,k_proj",
+                                "--num_epochs", "1", "--gradient_checkpointing", "None", "--seed", "-1"])
+    assert got == dict(micro_batch_size=4, local_rank=3, packing=False, train_on_inputs=True, learning_rate=1e-4,
+                       lora_target_modules=("q_proj", "k_proj"), num_epochs=1, gradient_checkpointing=None, seed=-1)
+    assert parse_argv(finetune, ["--local_rank", "0", "--lora_target_modules", "[q_proj,v_proj]"]) == dict(
+        local_rank=0, lora_target_modules=["q_proj", "v_proj"])
+
+
+def test_generate_keeps_instructions_as_text():
+    main = entry_function(ROOT / "generate.py", "main")
+    assert parse_argv(main, ["--instruction", "None", "--input", "1, 2"]) == dict(instruction="None", input="1, 2")
+
+
+def test_positional_parameters_take_arguments():
+    main = entry_function(ROOT / "scripts" / "download_data.py", "main")
+    assert parse_argv(main, ["alpaca", "--out", "x.json"]) == dict(name="alpaca", out="x.json")
+    assert parse_argv(main, ["--name", "belle"]) == dict(name="belle")
+
+
+# ---- --help ----
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=entry_id)
+def test_help_lists_every_flag(entry):
+    proc, _ = cli(entry[0], "--help")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    module_doc = entry[0].read_text().split('"""')[1].strip()
+    assert proc.stdout.startswith(module_doc.splitlines()[0])
+    for name in parameters(entry):
+        assert re.search(rf"^  (--{name}=|{name} )", proc.stdout, re.M), name
+    assert not re.search("FIRE_METADATA|SYNOPSIS|NAME\n", proc.stdout)
+
+
+def test_short_help():
+    proc, _ = cli("generate.py", "-h")
+    assert proc.returncode == 0 and "  --instruction=None " in proc.stdout
