@@ -13,8 +13,10 @@ import fire
 import torch
 
 from alpaca_cot import models
-from alpaca_cot.answer import answer_file, import_gradio, interactive, read_records, serve, worth_compiling
+from alpaca_cot.answer import (answer_file, check_serving, exit_on_interrupt, import_gradio, interactive, output_path,
+                               read_records, serve, worth_compiling)
 from alpaca_cot.cli import UserError, run
+from alpaca_cot.data import check_readable
 from alpaca_cot.generation import Generator, decoding_kwargs
 from alpaca_cot.train import default_output_dir
 
@@ -27,7 +29,8 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
          batch_size: int = 8, cot: bool = False, max_new_tokens: int = 256, temperature: float = 0.0,
          top_p: float = 1.0, top_k: int = 0, num_beams: int = 1, repetition_penalty: float = 1.0, seed: int = 42,
          no_adapter: bool = False, web: bool = False, server_name: str = "127.0.0.1", server_port: int = 7860,
-         share: bool = False, skip_bad_records: bool = False, merge: bool = None, compile: bool = None):
+         share: bool = False, skip_bad_records: bool = False, merge: bool = None, compile: bool = None,
+         overwrite: bool = False, expose: bool = False, auth: str = None):
     """Answer instructions with the adapter that finetune.py saved (saved-{data}{size}b by default).
 
     Args:
@@ -54,21 +57,26 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
         web: serve a Gradio page instead of answering here.
         server_name: address the --web page listens on.
         server_port: port the --web page listens on.
-        share: ask Gradio for a public link to the --web page.
+        share: ask Gradio for a public link to the --web page (needs --expose).
         skip_bad_records: skip malformed --input_file records instead of stopping.
         merge: fold the adapter into the base weights (faster); on by default without --quantization.
         compile: static KV cache, compiled; by default for long --input_file runs on a GPU.
+        overwrite: replace an existing --output_file.
+        expose: allow --share or a --server_name other than loopback: anyone who reaches it can use the model.
+        auth: user:pass login for the --web page.
     """
     decoding = decoding_kwargs(max_new_tokens, temperature, top_p, top_k, num_beams, repetition_penalty)
     if instruction is not None and not str(instruction).strip():
         raise UserError("--instruction is empty")
-    if input_file is not None and not Path(input_file).is_file():
-        raise UserError(f"--input_file {input_file} not found")
+    if input_file is not None:
+        check_readable(Path(input_file), "--input_file")
+        output_file = output_path(input_file, output_file, overwrite)
     if batch_size <= 0:
         raise UserError(f"--batch_size must be positive, got {batch_size}")
     # Everything the user gave is checked before the model is loaded.
     records = read_records(input_file, skip_bad_records) if input_file is not None else None
     if web and input_file is None and instruction is None:
+        auth = check_serving(server_name, share, expose, auth)
         import_gradio()
     name = models.base_model_name(size, base_model)
     adapter = None if no_adapter else (lora_weights or default_output_dir(data, size))
@@ -81,10 +89,10 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
     elif instruction is not None:
         print(gen.generate([gen.prompt(str(instruction), str(input or ""), cot)], **decoding)[0])
     elif web:
-        serve(gen, server_name, server_port, share)
+        serve(gen, server_name, server_port, share, auth)
     else:
         interactive(gen, cot, decoding)
 
 
 if __name__ == "__main__":
-    run(main)
+    run(exit_on_interrupt(main))

@@ -3,6 +3,8 @@
 Each takes a loaded `Generator`; generate.py only parses flags and picks one.
 """
 
+import functools
+import ipaddress
 import json
 import sys
 from pathlib import Path
@@ -11,9 +13,9 @@ import torch
 from tqdm import tqdm
 
 from . import data
-from .cli import UserError
+from .cli import UserError, fail
 from .generation import Generator, decoding_kwargs
-from .io import atomic_open
+from .io import atomic_open, check_output_file
 
 
 def read_records(input_file, skip_bad_records=False) -> list[dict]:
@@ -26,8 +28,21 @@ def read_records(input_file, skip_bad_records=False) -> list[dict]:
     return records
 
 
+def output_path(input_file, output_file=None, overwrite=False) -> Path:
+    """Where --input_file's answers go, checked before any model is loaded: never the input itself, never
+    a folder, and an existing file only with --overwrite."""
+    out = Path(output_file or Path(input_file).with_suffix(".answers.jsonl"))
+    if out.resolve() == Path(input_file).resolve():
+        raise UserError(f"--output_file {out} is the --input_file; choose another file")
+    check_output_file(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"--output_file {out} already exists; pass --overwrite to replace it")
+    return out
+
+
 def answer_file(gen: Generator, records, input_file, output_file, batch_size, cot, decoding):
     prompts = [gen.prompt(r["instruction"], r["input"], cot) for r in records]
+    gen.check_fits(prompts, decoding["max_new_tokens"], what=f"{input_file}: record")
     output_file = Path(output_file or Path(input_file).with_suffix(".answers.jsonl"))
     with atomic_open(output_file) as f:
         for start in tqdm(range(0, len(records), batch_size), desc="answering", unit="batch"):
@@ -50,6 +65,11 @@ def interactive(gen: Generator, cot, decoding):
         if not instruction:
             break
         prompt = gen.prompt(instruction, "", cot)
+        try:
+            gen.check_fits([prompt], decoding["max_new_tokens"])
+        except UserError as e:  # the session goes on
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            continue
         print("### Response: ", end="", flush=True)
         if decoding["num_beams"] > 1:  # beams pick the answer at the end: nothing to stream
             print(gen.generate([prompt], **decoding)[0])
@@ -59,11 +79,34 @@ def interactive(gen: Generator, cot, decoding):
         print()
 
 
+def exit_on_interrupt(main):
+    """Ctrl-C anywhere in generate.py: one line and exit code 130 (temporary files are removed on the way)."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            fail("interrupted", 130)
+
+    return wrapped
+
+
+# One web request may not take the machine: new tokens times beams is capped.
+WEB_MAX_NEW_TOKENS = 1024
+WEB_MAX_BEAMS = 4
+WEB_MAX_TOKENS_X_BEAMS = 2048
+
+
 def web_answer(gen: Generator, instruction, input="", cot=False, max_new_tokens=256, temperature=0.0,
                top_p=1.0, top_k=0, num_beams=1):
-    """The web page's callback: one answer, or a one-line message for bad input."""
+    """The web page's callback: one answer, or a one-line message for bad input or a request over the caps."""
     try:
         decoding = decoding_kwargs(int(max_new_tokens), float(temperature), float(top_p), int(top_k), int(num_beams))
+        if (decoding["max_new_tokens"] > WEB_MAX_NEW_TOKENS or decoding["num_beams"] > WEB_MAX_BEAMS
+                or decoding["max_new_tokens"] * decoding["num_beams"] > WEB_MAX_TOKENS_X_BEAMS):
+            raise UserError(f"at most {WEB_MAX_NEW_TOKENS} new tokens, {WEB_MAX_BEAMS} beams, and "
+                            f"{WEB_MAX_TOKENS_X_BEAMS} new tokens x beams per request")
         return gen.generate([gen.prompt(instruction, input, cot)], **decoding)[0]
     except UserError as e:
         return f"error: {e}"
@@ -77,14 +120,41 @@ def import_gradio():
     return gradio
 
 
-def serve(gen: Generator, server_name, server_port, share):
+def is_loopback(server_name: str) -> bool:
+    if server_name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(server_name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_serving(server_name="127.0.0.1", share=False, expose=False, auth=None) -> tuple[str, str] | None:
+    """The web page stays on this machine unless --expose confirms --share or a non-loopback --server_name;
+    --auth user:password asks for a login. Returns gradio's auth pair."""
+    if (share or not is_loopback(str(server_name))) and not expose:
+        what = "--share publishes the page through a public gradio.live link" if share else \
+            f"--server_name {server_name} opens the page to the network"
+        raise UserError(f"{what}, where anyone who finds it can use this machine; pass --expose to confirm "
+                        "(and --auth user:password to ask for a login)")
+    if auth is None:
+        return None
+    user, _, password = str(auth).partition(":")
+    if not user or not password:
+        raise UserError("--auth needs the form user:password")
+    return user, password
+
+
+def serve(gen: Generator, server_name, server_port, share, auth: tuple[str, str] | None = None):
     gr = import_gradio()
     inputs = [gr.Textbox(lines=2, label="Instruction"), gr.Textbox(lines=2, label="Input"),
-              gr.Checkbox(label="Chain of thought"), gr.Slider(1, 2048, 256, step=1, label="Max new tokens"),
+              gr.Checkbox(label="Chain of thought"),
+              gr.Slider(1, WEB_MAX_NEW_TOKENS, 256, step=1, label="Max new tokens"),
               gr.Slider(0, 2, 0, label="Temperature (0 = greedy)"), gr.Slider(0.05, 1, 1, label="Top p"),
-              gr.Slider(0, 100, 0, step=1, label="Top k"), gr.Slider(1, 8, 1, step=1, label="Beams")]
+              gr.Slider(0, 100, 0, step=1, label="Top k"),
+              gr.Slider(1, WEB_MAX_BEAMS, 1, step=1, label=f"Beams (new tokens x beams <= {WEB_MAX_TOKENS_X_BEAMS})")]
     gr.Interface(fn=lambda *a: web_answer(gen, *a), inputs=inputs, outputs=gr.Textbox(label="Response"),
-                 title="alpaca-cot").launch(server_name=server_name, server_port=server_port, share=share)
+                 title="alpaca-cot").launch(server_name=server_name, server_port=server_port, share=share, auth=auth)
 
 
 # Measured on an H200 (README, Speed): compiling costs about 28 s per batch shape and then saves about

@@ -47,8 +47,7 @@ def resolve(data, data_dir: Path = DATA_DIR) -> list[Path]:
     for item in items:
         if _is_path(item):
             path = Path(item).expanduser()
-            if not path.is_file():
-                raise UserError(f"data file {path} not found")
+            check_readable(path, "data file")
             paths.append(path)
             continue
         for name in item.split("-"):
@@ -66,10 +65,27 @@ def resolve(data, data_dir: Path = DATA_DIR) -> list[Path]:
     return list(unique.values())
 
 
+def check_readable(path: Path, what: str):
+    """A one-line error for a path that is missing, a folder, or not a regular file (a FIFO, a device)."""
+    if not path.exists():
+        raise UserError(f"{what} {path} not found")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        raise UserError(f"{what} {path} is not a regular file")
+
+
 def name_of(data) -> str:
     """A short name for output folders: `alpaca-cot` stays, paths become their stem."""
     items = list(data) if isinstance(data, (list, tuple)) else str(data).split(",")
     return "-".join(Path(str(i).strip()).stem if _is_path(str(i)) else str(i).strip() for i in items)
+
+
+def _loads(text: str, path: Path, place: str = ""):
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise UserError(f"{path}: {place}JSON nested too deeply to read") from None
 
 
 def _parse(path: Path) -> list[tuple[str, object]]:
@@ -78,9 +94,11 @@ def _parse(path: Path) -> list[tuple[str, object]]:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not an error
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
     if path.suffix != ".jsonl":
         try:
-            obj = json.loads(text)
+            obj = _loads(text, path)
         except json.JSONDecodeError as e:
             # Some `.json` files in the wild are JSON Lines (BELLE's eval set): read those as such.
             if not (e.msg == "Extra data" and text.lstrip().startswith("{")):
@@ -94,10 +112,19 @@ def _parse(path: Path) -> list[tuple[str, object]]:
     for n, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
-                rows.append((f"line {n}", json.loads(line)))
+                rows.append((f"line {n}", _loads(line, path, f"line {n}: ")))
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}: line {n}: not valid JSON ({e.msg}; column {e.colno})") from None
     return rows
+
+
+def _not_encodable(field: str, value: str) -> str | None:
+    """A lone surrogate (a JSON escape like \\ud800 with no pair) cannot be tokenised or written as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"field '{field}' holds a lone surrogate ({value[e.start]!a}) at character {e.start}"
+    return None
 
 
 def _check(record, require_output: bool = True) -> tuple[dict | None, str | None]:
@@ -115,12 +142,16 @@ def _check(record, require_output: bool = True) -> tuple[dict | None, str | None
             return None, f"field '{field}' must be a string, got {type(value).__name__}"
         if not value.strip():
             return None, f"field '{field}' is empty"
+        if (why := _not_encodable(field, value)) is not None:
+            return None, why
         clean[field] = value
     value = record.get("input")
     if value is None:
         value = ""
     if not isinstance(value, str):
         return None, f"field 'input' must be a string, got {type(value).__name__}"
+    if (why := _not_encodable("input", value)) is not None:
+        return None, why
     clean["input"] = "" if value.strip().lower() in NO_INPUT else value
     return clean, None
 

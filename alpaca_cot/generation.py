@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from . import models
+from .checkpoints import check_adapter
 from .checks import DECODING_RULES, require
 from .cli import UserError
 from .preprocess import encode_prompt
@@ -38,7 +39,6 @@ def decoding_kwargs(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, num
     return kwargs
 
 
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
 
 
@@ -47,16 +47,6 @@ def tokenizer_source(lora_weights, base_name: str) -> str:
     if lora_weights is not None and any((Path(lora_weights) / f).is_file() for f in TOKENIZER_FILES):
         return str(lora_weights)
     return base_name
-
-
-def check_adapter(lora_weights):
-    """Fail before any model is loaded if lora_weights holds no saved adapter."""
-    folder = Path(lora_weights)
-    if not (folder / "adapter_config.json").is_file():
-        raise UserError(f"no adapter in {lora_weights} (adapter_config.json missing); train one with "
-                        "finetune.py or pass --lora_weights")
-    if not any((folder / name).is_file() for name in ADAPTER_WEIGHTS):
-        raise UserError(f"no adapter weights in {lora_weights} ({ADAPTER_WEIGHTS[0]} missing)")
 
 
 def load_adapter(model, lora_weights, base_name: str):
@@ -133,25 +123,45 @@ class Generator:
             return {"cache_implementation": "static", **decoding}
         return decoding
 
+    def check_fits(self, prompts: list[str], max_new_tokens: int, what: str = "the instruction"):
+        """A one-line error, before generating, for a prompt that with max_new_tokens exceeds the context."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if not context:
+            return
+        for i, prompt in enumerate(prompts):
+            length = len(encode_prompt(self.tokenizer, prompt))
+            if length + max_new_tokens > context:
+                where = what if len(prompts) == 1 else f"{what} {i}"
+                raise UserError(f"{where} is {length} tokens with the prompt template; with --max_new_tokens "
+                                f"{max_new_tokens} that exceeds the model's context of {context} tokens")
+
     @torch.inference_mode()
     def generate(self, prompts: list[str], **decoding) -> list[str]:
         """Answers for a batch of prompts (left-padded), in order."""
+        self.check_fits(prompts, decoding.get("max_new_tokens", 0))
         batch = self._batch(prompts)
         out = self.model.generate(**batch, **self._decoding(decoding))
         new = out[:, batch["input_ids"].shape[1]:]
         return [self.prompter.answer(self.tokenizer.decode(row, skip_special_tokens=True)) for row in new]
 
     def stream(self, prompt: str, **decoding):
-        """Yields the answer piece by piece as tokens come (greedy or sampling; not beams)."""
-        from transformers import TextIteratorStreamer
+        """Yields the answer piece by piece as tokens come (greedy or sampling; not beams). Stopping early
+        (Ctrl-C, or the caller leaving the loop) stops the worker thread before this returns."""
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
+        self.check_fits([prompt], decoding.get("max_new_tokens", 0))
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = threading.Event()
+        decoding = dict(decoding, stopping_criteria=StoppingCriteriaList([lambda ids, scores, **kw: stop.is_set()]))
         batch = self._batch([prompt])
         errors = []
         worker = threading.Thread(target=self._generate_into, args=(batch, streamer, decoding, errors), daemon=True)
         worker.start()
-        yield from streamer
-        worker.join()
+        try:
+            yield from streamer
+        finally:  # a thread left running inside torch at exit aborts the interpreter
+            stop.set()
+            worker.join()
         if errors:  # raised in the worker: re-raise here rather than wait forever for tokens
             raise errors[0]
 

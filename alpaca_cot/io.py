@@ -1,24 +1,63 @@
-"""Atomic file writing shared by the scripts: a file is either the old one or complete."""
+"""Atomic file writing shared by the scripts: a file is either the old one or complete.
+
+SIGTERM while a file is being written leaves no temporary file: the signal becomes SystemExit
+(exit code 143) for the length of the write, so the cleanup runs.
+"""
 
 import json
 import os
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
+
+from .cli import UserError
+
+
+def _raise_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def sigterm_as_exit():
+    """SIGTERM raises SystemExit inside the block (main thread, default handler only)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def check_output_file(path, flag: str = "--output_file"):
+    """A one-line error for an output path that is a folder or lies under a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder, not a file")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
 
 
 @contextmanager
 def atomic_open(path):
     """Write to a temp file beside path, renamed onto path only if the block ends without error."""
     path = Path(path)
+    check_output_file(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
     # A plain open (not mkstemp) so the file gets the usual umask permissions, not 0600.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with sigterm_as_exit():
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                yield f
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(records, path):

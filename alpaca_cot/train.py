@@ -9,23 +9,20 @@ Runs as one process or under torchrun / torch.distributed.launch (one process pe
 
 import inspect
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from . import checkpoints
 from . import data as data_registry
 from . import models
 from .checks import check_finetune_flags
+from . import resumable
 from .cli import UserError
+from .io import write_json_atomic
 from .preprocess import encode_batch, prompt_overhead
 from .prompter import Prompter
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
 
 def log(*args):
     if models.is_main_process():
@@ -137,8 +134,8 @@ def throughput_callback(collator: CountingCollator, warmup_steps: int):
                 self.window = (seconds, *all_ranks_sum([real, padded]))
 
         def metrics(self) -> dict:
-            if self.window is None:
-                return {}
+            if self.window is None or self.window[0] <= 0 or self.window[2] <= 0:
+                return {}  # no step measured (a short or resumed run)
             seconds, real, padded = self.window
             out = {"real_tokens_per_s": round(real / seconds, 1), "padded_tokens_per_s": round(padded / seconds, 1),
                    "padding_share": round(1 - real / padded, 4), "measured_steps": self.steps}
@@ -165,24 +162,6 @@ def default_gradient_checkpointing(quantization: str) -> bool:
 def default_output_dir(data, size) -> str:
     """Where finetune.py saves and generate.py looks, as the 2023 repo named it: saved-cot7b."""
     return f"saved-{data_registry.name_of(data)}{size}b"
-
-
-def save_adapter(model, tokenizer, output_dir: Path):
-    """Write the adapter into a temporary folder beside it, then move each file into place."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=output_dir))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        for f in ADAPTER_FILES:
-            if not (tmp / f).is_file() or (tmp / f).stat().st_size == 0:
-                raise RuntimeError(f"saving the adapter produced no {f}")
-        # Tokenizer first, adapter weights last: each os.replace is atomic.
-        names = sorted(p.name for p in tmp.iterdir())
-        for name in sorted(names, key=lambda n: n in ADAPTER_FILES):
-            os.replace(tmp / name, output_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_size, seed):
@@ -339,9 +318,7 @@ def finetune(
     output_dir = Path(output_dir or default_output_dir(data, size))
     if resume_from_checkpoint not in (None, False, "auto", True) and not Path(str(resume_from_checkpoint)).is_dir():
         raise UserError(f"--resume_from_checkpoint {resume_from_checkpoint} is not a folder")
-    if (output_dir / "adapter_model.safetensors").exists() and not (overwrite or resume_from_checkpoint):
-        raise UserError(f"{output_dir} already holds a trained adapter; pass another --output_dir, "
-                        "--resume_from_checkpoint auto, or --overwrite")
+    checkpoints.check_writable(output_dir)
     prompter = Prompter(prompt_template_name)
     files = data_registry.resolve(data)
     columns = data_registry.load_files(files, skip_bad_records, log=log, label=data)
@@ -364,16 +341,18 @@ def finetune(
                   train_on_inputs=train_on_inputs, group_by_length=group_by_length,
                   gradient_checkpointing=gradient_checkpointing, fused_kernels=fused_kernels, packing=packing,
                   attn_implementation=attn_implementation,
-                  resume_from_checkpoint=resume_from_checkpoint,
-                  seed=seed, records=n_records)
+                  resume_from_checkpoint=resume_from_checkpoint, warmup_steps=warmup_steps,
+                  skip_bad_records=skip_bad_records, seed=seed, records=n_records)
     log("alpaca-cot finetune\n" + json.dumps(config, indent=2, ensure_ascii=False))
+    record = checkpoints.run_record(config, files)
+    plan = checkpoints.plan(output_dir, record, name, resume_from_checkpoint, overwrite, warn=log)
 
     if packing and attn_implementation in ("sdpa", "eager") and torch.cuda.is_available():
         log("note: with --packing, sdpa and eager attend over the whole packed row through a mask; on an H200 "
             "that trained 2.3x slower than padding (README, Speed); flash_attention_2 attends per record")
     train_data, val_data = tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_size, seed)
 
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
     set_seed(seed)  # before the adapter's random initialisation, so that --seed reproduces a run
     model = lora_model(name, quantization, tokenizer, gradient_checkpointing, lora_r, lora_alpha, lora_dropout,
@@ -414,21 +393,39 @@ def finetune(
     )
     collator = CountingCollator(tokenizer, packing=packing)
     speed = throughput_callback(collator, warmup_steps=min(5, max(1, (max_steps if max_steps > 0 else 50) // 5)))
-    trainer = Trainer(model=model, args=args, train_dataset=train_data, eval_dataset=val_data,
-                      data_collator=collator, processing_class=tokenizer, callbacks=[speed])
-
-    resume = resume_from_checkpoint
-    if resume in ("auto", True):
-        from transformers.trainer_utils import get_last_checkpoint
-        resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-        log(f"resuming from {resume}" if resume else "no checkpoint to resume from; starting fresh")
-    result = trainer.train(resume_from_checkpoint=resume)
+    trainer = resumable.trainer_class()(model=model, args=args, train_dataset=train_data, eval_dataset=val_data,
+                                        data_collator=collator, processing_class=tokenizer,
+                                        callbacks=[speed, resumable.log_at_saves_callback()])
+    main_process_then_others(lambda: checkpoints.claim(output_dir, record, plan))
+    if plan.note:
+        log(plan.note)
+    result = trainer.train(resume_from_checkpoint=str(plan.resume) if plan.resume else None)
 
     if trainer.is_world_process_zero():
-        save_adapter(model, tokenizer, output_dir)
-        summary = dict(result.metrics, **speed.metrics(), seconds=round(time.time() - started, 1),
-                       output_dir=str(output_dir), quantization=quantization)
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        log("speed: " + ", ".join(f"{k} {v}" for k, v in speed.metrics().items()))
-        log(f"saved the adapter to {output_dir} in {summary['seconds']} s")
+        checkpoints.save_adapter(model, tokenizer, output_dir)
+        write_summary(output_dir, result.metrics, trainer.state.log_history, speed.metrics(),
+                      seconds=round(time.time() - started, 1), output_dir=str(output_dir), quantization=quantization)
     return trainer
+
+
+def main_process_then_others(fn):
+    """fn on the main process while the others wait (they have read the output folder already)."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed:
+        torch.distributed.barrier()
+    if models.is_main_process():
+        fn()
+    if distributed:
+        torch.distributed.barrier()
+
+
+def write_summary(folder: Path, metrics: dict, log_history: list[dict], speed: dict, **extra):
+    """train_summary.json, with the loss of the whole run (resumed parts and every rank included)."""
+    summary = dict(metrics, **speed, **extra)
+    loss = resumable.run_loss(log_history)
+    if loss is not None:
+        summary["train_loss"] = loss
+    write_json_atomic(summary, folder / "train_summary.json")
+    if speed:
+        log("speed: " + ", ".join(f"{k} {v}" for k, v in speed.items()))
+    log(f"saved the adapter to {folder} in {summary.get('seconds')} s")

@@ -7,8 +7,11 @@ DIR then loads with `AutoModelForCausalLM.from_pretrained(DIR)` alone (safetenso
 the tokenizer: the adapter folder's if it holds one, else the base model's). The base is loaded
 unquantized: LoRA cannot be merged into 8-bit or 4-bit weights. DIR is written into a temporary
 folder beside it and renamed into place, so it is either complete or absent, never half-written.
+An export carries a marker file: --overwrite replaces a previous export and nothing else, and DIR
+may neither contain nor lie inside the base model or the adapter.
 """
 
+import json
 import os
 import shutil
 import sys
@@ -20,21 +23,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from alpaca_cot import models  # noqa: E402
+from alpaca_cot.checkpoints import check_adapter, inside  # noqa: E402
 from alpaca_cot.cli import UserError, run  # noqa: E402
-from alpaca_cot.generation import check_adapter, load_adapter, tokenizer_source  # noqa: E402
+from alpaca_cot.generation import load_adapter, tokenizer_source  # noqa: E402
 
+MARKER = ".alpaca-cot-export.json"
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def check_out(out: Path, sources: list[Path], overwrite: bool):
-    """Refuse a DIR that would lose data: a file, a non-empty folder (without --overwrite), an input."""
+    """Refuse a DIR that would lose data: a file, a folder holding or inside an input, a non-empty folder
+    (without --overwrite, or that is not a previous export)."""
     if out.is_file():
         raise UserError(f"--out {out} is a file, not a folder")
     for source in sources:
-        if source.exists() and out.resolve() == source.resolve():
-            raise UserError(f"--out {out} is the folder the model is read from; choose another")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out {out} already exists and is not empty; pass --overwrite to replace it")
+        if source.exists() and (inside(out, source) or inside(source, out)):
+            raise UserError(f"--out {out} contains or is inside {source}, which the model is read from; "
+                            "choose another folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"--out {out} already exists and is not empty; pass --overwrite to replace it")
+        if not (out / MARKER).is_file():
+            raise UserError(f"--out {out} is not a previous export (no {MARKER}); --overwrite replaces only "
+                            "an export: choose another folder")
+
+
+def clean_leftovers(out: Path):
+    """Temporary folders of a killed export: an unfinished one is dropped, a replaced one put back if needed."""
+    for old in sorted(out.parent.glob(f".{out.name}.old-*")) if out.parent.is_dir() else ():
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, out)
+    for tmp in out.parent.glob(f".{out.name}.saving-*") if out.parent.is_dir() else ():
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def merged_model(base_name: str, lora_weights: Path, dtype):
@@ -43,7 +65,7 @@ def merged_model(base_name: str, lora_weights: Path, dtype):
     return model.merge_and_unload()
 
 
-def save_atomically(model, tokenizer, out: Path):
+def save_atomically(model, tokenizer, out: Path, provenance: dict):
     """Save into a temporary folder beside out, then swap it in; out is complete or untouched."""
     out.parent.mkdir(parents=True, exist_ok=True)
     # A plain mkdir (not mkdtemp, which makes it 0700) so DIR gets the usual umask permissions.
@@ -54,6 +76,7 @@ def save_atomically(model, tokenizer, out: Path):
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps(provenance, indent=2) + "\n")
         if not list(tmp.glob("*.safetensors")):
             raise RuntimeError(f"saving the merged model wrote no .safetensors file into {tmp}")
         if out.exists():
@@ -96,11 +119,12 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, dtyp
     lora_weights, out = Path(str(lora_weights)).expanduser(), Path(str(out)).expanduser()
     name = models.base_model_name(size, base_model)
     check_adapter(lora_weights)
+    clean_leftovers(out)
     check_out(out, [Path(name), lora_weights], overwrite)
 
     tokenizer = models.load_tokenizer(tokenizer_source(lora_weights, name))
     model = merged_model(name, lora_weights, DTYPES[str(dtype)])
-    save_atomically(model, tokenizer, out)
+    save_atomically(model, tokenizer, out, dict(base_model=name, lora_weights=str(lora_weights), dtype=str(dtype)))
     params = sum(p.numel() for p in model.parameters())
     print(f"merged {lora_weights} into {name}: {params:,} parameters ({model.dtype}) -> {out} "
           f"in {time.perf_counter() - start:.1f}s")

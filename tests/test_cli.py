@@ -78,11 +78,7 @@ def test_every_script_is_found():
 
 
 # format_cot.py's Args section is being written on another branch.
-NOT_YET_DESCRIBED = pytest.mark.xfail(strict=True, reason="format_cot.py has no Args section yet; drop this mark")
-
-
-@pytest.mark.parametrize("entry", [pytest.param(e, id=entry_id(e), marks=NOT_YET_DESCRIBED if e[0].name == "format_cot.py"
-                                                else ()) for e in ENTRIES])
+@pytest.mark.parametrize("entry", [pytest.param(e, id=entry_id(e)) for e in ENTRIES])
 def test_every_parameter_is_described(entry):
     described = arg_descriptions(entry_function(*entry))
     assert [p for p in parameters(entry) if not described.get(p)] == []

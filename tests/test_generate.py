@@ -414,10 +414,11 @@ def test_export_failing_midway_leaves_the_folder_as_it_was(tiny_llama, adapter, 
     assert list(tmp_path.iterdir()) == []
     out.mkdir()
     (out / "model.safetensors").write_text("an older export")
+    (out / export.MARKER).write_text("{}")  # --overwrite replaces only a previous export
     with pytest.raises(OSError, match="No space"):
         export.main(base_model=str(tiny_llama), lora_weights=str(adapter), out=str(out), overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["merged"]
-    assert [p.name for p in out.iterdir()] == ["model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [export.MARKER, "model.safetensors"]
     assert (out / "model.safetensors").read_text() == "an older export"
 
 

@@ -1,0 +1,258 @@
+"""The rules of finetune's output folder, shared by finetune.py, generate.py and the export script.
+
+An output folder holds one run: `run.json` (what defines the run: base model, data files, the
+flags that change training), `checkpoint-N` folders (resumable once their trainer_state.json is
+written: Trainer writes it last) and the adapter the run saved last. The adapter is replaced as a
+unit: its files are staged in `.saving-*`, the complete staging folder is renamed to
+`.adapter-commit`, and then its files are moved in one by one. Whoever finds `.adapter-commit`
+(the next run, generate.py, the export) finishes those moves first, so adapter_config.json and the
+weights always come from the same save; a `.saving-*` folder is an unfinished save and is dropped.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cli import UserError
+from .io import write_json_atomic
+
+RUN_FILE = "run.json"
+STAGING_PREFIX = ".saving-"
+COMMIT = ".adapter-commit"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+CHECKPOINT_PREFIX = "checkpoint-"
+# finetune flags that do not change what is trained: a run resumed with other values is the same run.
+# num_epochs and max_steps may grow on resume to extend a run.
+NOT_DEFINING = {"output_dir", "eval_steps", "save_steps", "save_total_limit", "logging_steps", "report_to",
+                "resume_from_checkpoint", "overwrite", "local_rank", "num_epochs", "max_steps",
+                "gradient_checkpointing", "fused_kernels", "attn_implementation", "world_size",
+                "gradient_accumulation_steps", "records", "files", "data"}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_record(config: dict, files: list[Path]) -> dict:
+    """What defines a run: the training flags of config, the data files' contents, the base model's config."""
+    record = {k: v for k, v in config.items() if k not in NOT_DEFINING}
+    record["data_files"] = [{"path": str(Path(p).resolve()), "bytes": Path(p).stat().st_size, "sha256": sha256(p)}
+                            for p in files]
+    base_config = Path(str(config["base_model"])) / "config.json"
+    if base_config.is_file():
+        record["base_model_config_sha256"] = sha256(base_config)
+    return json.loads(json.dumps(record))  # as it reads back from run.json (tuples become lists)
+
+
+def read_record(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def differences(stored: dict | None, record: dict) -> list[str]:
+    if stored is None:
+        return [f"no {RUN_FILE}"]
+    return sorted(k for k in set(stored) | set(record) if stored.get(k) != record.get(k))
+
+
+# ---- checkpoints ----
+
+def checkpoint_step(path: Path) -> int | None:
+    suffix = path.name[len(CHECKPOINT_PREFIX):]
+    return int(suffix) if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and path.is_dir() else None
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """checkpoint-N folders, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step)
+
+
+def is_complete(checkpoint: Path) -> bool:
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
+
+
+def last_complete(folder: Path, warn=print) -> tuple[Path | None, list[Path]]:
+    """The newest complete checkpoint, and the newer half-written ones (skipped with a warning)."""
+    incomplete = []
+    for checkpoint in reversed(checkpoints(folder)):
+        if is_complete(checkpoint):
+            return checkpoint, incomplete
+        warn(f"warning: skipping {checkpoint}: half-written (no complete trainer_state.json)")
+        incomplete.append(checkpoint)
+    return None, incomplete
+
+
+# ---- the adapter, replaced as a unit ----
+
+def holds_adapter(folder: Path) -> bool:
+    return (folder / COMMIT).is_dir() or any((folder / f).exists() for f in ADAPTER_WEIGHTS)
+
+
+def finish_interrupted_save(folder: Path):
+    """Move in the files of a committed save that a kill interrupted; drop unfinished staging folders."""
+    commit = folder / COMMIT
+    if commit.is_dir():
+        for path in sorted(commit.iterdir(), key=lambda p: p.name in ADAPTER_FILES):
+            os.replace(path, folder / path.name)
+        commit.rmdir()
+    for leftover in folder.glob(STAGING_PREFIX + "*") if folder.is_dir() else ():
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def save_adapter(model, tokenizer, folder: Path):
+    """Stage the adapter and tokenizer, commit the staging folder with one rename, then move its files in."""
+    folder.mkdir(parents=True, exist_ok=True)
+    finish_interrupted_save(folder)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        for f in ADAPTER_FILES:
+            if not (staging / f).is_file() or (staging / f).stat().st_size == 0:
+                raise RuntimeError(f"saving the adapter produced no {f}")
+        os.replace(staging, folder / COMMIT)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    finish_interrupted_save(folder)
+
+
+def check_safetensors(path: Path):
+    """A one-line error for an empty or truncated safetensors file, read from its header alone."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length)) if 8 + length <= size else None
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        header = end = None
+    if header is None or 8 + length + end > size:
+        raise UserError(f"{path} is empty or truncated ({size} bytes): an interrupted save or copy? "
+                        "train again or copy it again")
+
+
+def check_adapter(lora_weights):
+    """Fail before any model is loaded if lora_weights holds no complete adapter."""
+    folder = Path(lora_weights)
+    if (folder / COMMIT).is_dir():
+        try:
+            finish_interrupted_save(folder)
+        except OSError as e:
+            raise UserError(f"{folder} holds an interrupted adapter save that could not be finished: "
+                            f"{e.strerror}") from None
+    if not (folder / "adapter_config.json").is_file():
+        raise UserError(f"no adapter in {lora_weights} (adapter_config.json missing); train one with "
+                        "finetune.py or pass --lora_weights")
+    weights = [folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()]
+    if not weights:
+        raise UserError(f"no adapter weights in {lora_weights} ({ADAPTER_WEIGHTS[0]} missing)")
+    if weights[0].suffix == ".safetensors":
+        check_safetensors(weights[0])
+
+
+# ---- the output folder's rules ----
+
+def inside(path: Path, folder: Path) -> bool:
+    """path is folder or below it (both resolved)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+def check_writable(output_dir: Path, flag: str = "--output_dir"):
+    """A one-line error for an output folder that is a file or cannot be written, writing nothing."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"{flag} {output_dir} is a file, not a folder")
+    probe = output_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{flag} {output_dir}: {probe} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=probe))
+    except OSError as e:
+        raise UserError(f"{flag} {output_dir}: cannot write in {probe} ({e.strerror})") from None
+
+
+@dataclass
+class Plan:
+    """What finetune will do in its output folder: resume from, and what to remove first."""
+    resume: Path | None = None
+    remove: list[Path] = field(default_factory=list)
+    note: str = ""
+
+
+def _explicit_checkpoint(path: Path, output_dir: Path, record: dict, overwrite: bool) -> Plan:
+    if not is_complete(path):
+        raise UserError(f"--resume_from_checkpoint {path} is not a complete checkpoint (no trainer_state.json)")
+    if not inside(path, output_dir):
+        differ = differences(read_record(path.parent), record) if (path.parent / RUN_FILE).exists() else []
+        if differ:
+            raise UserError(f"--resume_from_checkpoint {path} is from a different run ({', '.join(differ)} "
+                            "differ); resume with that run's flags and data")
+        if holds_adapter(output_dir) and not overwrite:
+            raise UserError(f"{output_dir} already holds a trained adapter; resuming {path} there would train "
+                            "over it: pass another --output_dir or --overwrite")
+    return Plan(resume=path)
+
+
+def plan(output_dir: Path, record: dict, base_model: str, resume, overwrite: bool, warn=print) -> Plan:
+    """Check finetune's output folder before anything is loaded; nothing is written here."""
+    if Path(base_model).is_dir() and inside(output_dir, base_model):
+        raise UserError(f"--output_dir {output_dir} is inside the base model's folder {base_model}; "
+                        "choose another folder")
+    check_writable(output_dir)
+    adapter = holds_adapter(output_dir)
+    if adapter and not (overwrite or resume):
+        raise UserError(f"{output_dir} already holds a trained adapter; pass another --output_dir, "
+                        "--resume_from_checkpoint auto, or --overwrite")
+    found = checkpoints(output_dir)
+    differ = differences(read_record(output_dir), record) if found else []
+    if differ and not overwrite:
+        raise UserError(f"the checkpoints in {output_dir} are from a different run ({', '.join(differ)} differ); "
+                        "pass the same flags and data to resume, or --overwrite to clear them")
+    if resume not in (None, False, "auto", True):
+        if differ and inside(resume, output_dir):
+            raise UserError(f"--resume_from_checkpoint {resume} is from a different run ({', '.join(differ)} "
+                            "differ), and --overwrite clears it")
+        return _explicit_checkpoint(Path(str(resume)), output_dir, record, overwrite)
+    if differ or (overwrite and not resume):
+        return Plan(remove=found, note=f"clearing {len(found)} checkpoints of an earlier run" if found else "")
+    if not resume:
+        if found:
+            raise UserError(f"{output_dir} already holds checkpoints of this run; pass --resume_from_checkpoint "
+                            "auto to continue it, or --overwrite to start afresh")
+        return Plan()
+    last, incomplete = last_complete(output_dir, warn)
+    if last is None and adapter and not overwrite:
+        raise UserError(f"{output_dir} holds an adapter but no checkpoint to resume from; pass --overwrite "
+                        "to train a new one over it, or another --output_dir")
+    return Plan(resume=last, remove=incomplete,
+                note=f"resuming from {last}" if last else "no checkpoint to resume from; starting fresh")
+
+
+def claim(output_dir: Path, record: dict, plan: Plan):
+    """Carry out the plan (main process only): finish or drop interrupted saves, clear, record the run."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    finish_interrupted_save(output_dir)
+    for path in plan.remove:
+        shutil.rmtree(path)
+    write_json_atomic(record, output_dir / RUN_FILE)
