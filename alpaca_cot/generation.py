@@ -95,6 +95,10 @@ class Generator:
                 model = model.merge_and_unload()
         model.eval()
         model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        # Stop at the EOS that training taught (the tokenizer's) as well as the model's own.
+        stops = model.generation_config.eos_token_id
+        stops = set(stops if isinstance(stops, list) else [stops]) - {None}
+        model.generation_config.eos_token_id = sorted(stops | {self.tokenizer.eos_token_id} - {None})
         self.model = model
 
     @property

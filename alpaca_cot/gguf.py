@@ -94,9 +94,16 @@ def _convert(gguf_path: Path, out: Path):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     where, name = str(gguf_path.parent), gguf_path.name
-    AutoTokenizer.from_pretrained(where, gguf_file=name).save_pretrained(out)
-    loaded = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
     config = AutoConfig.from_pretrained(where, gguf_file=name)
+    tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
+    # transformers releases disagree on which GGUF ids the tokenizer takes as BOS/EOS; the model's config
+    # decides, so that training's EOS label is the token generation stops at.
+    for role in ("bos", "eos"):
+        token_id = getattr(config, f"{role}_token_id", None)
+        if isinstance(token_id, int):
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
+    tokenizer.save_pretrained(out)
+    loaded = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
     for key in ("quantization_config", "_name_or_path"):
         config.__dict__.pop(key, None)
     with torch.device("meta"):
