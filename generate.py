@@ -13,7 +13,7 @@ import fire
 import torch
 
 from alpaca_cot import models
-from alpaca_cot.answer import (answer_file, check_serving, exit_on_interrupt, import_gradio, interactive, output_path,
+from alpaca_cot.answer import (answer_file, check_serving, import_gradio, interactive, output_path,
                                read_records, serve, worth_compiling)
 from alpaca_cot.cli import UserError, run
 from alpaca_cot.data import check_readable
@@ -95,4 +95,4 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
 
 
 if __name__ == "__main__":
-    run(exit_on_interrupt(main))
+    run(main)

@@ -3,7 +3,6 @@
 Each takes a loaded `Generator`; generate.py only parses flags and picks one.
 """
 
-import functools
 import ipaddress
 import json
 import sys
@@ -13,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from . import data
-from .cli import UserError, fail
+from .cli import UserError
 from .generation import Generator, decoding_kwargs
 from .io import atomic_open, check_output_file
 
@@ -77,19 +76,6 @@ def interactive(gen: Generator, cot, decoding):
         for piece in gen.stream(prompt, **decoding):
             print(piece, end="", flush=True)
         print()
-
-
-def exit_on_interrupt(main):
-    """Ctrl-C anywhere in generate.py: one line and exit code 130 (temporary files are removed on the way)."""
-    @functools.wraps(main)
-    def wrapped(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except KeyboardInterrupt:
-            print(file=sys.stderr)
-            fail("interrupted", 130)
-
-    return wrapped
 
 
 # One web request may not take the machine: new tokens times beams is capped.

