@@ -101,8 +101,11 @@ def summarize(rows: list[dict]) -> dict:
             part = [r for r in cot if r["cot_trigger"] == trigger]
             per = {d: _mean(r["correct"] for r in part if r["dataset"] == d)
                    for d in sorted({r["dataset"] for r in part})}
+            answered = [r for r in part if r["extracted"] is not None]
             summary["cot"][key] = {"accuracy": _mean(r["correct"] for r in part), "n": len(part),
-                                   "answer_found": _mean(r["method"] != "none" for r in part), "per_dataset": per}
+                                   "answer_found": _mean(r["extracted"] is not None for r in part),
+                                   "flan_phrase": _mean(r["method"] == "phrase" for r in part),
+                                   "accuracy_when_found": _mean(r["correct"] for r in answered), "per_dataset": per}
     zh = [r for r in rows if r["task"] == "chinese"]
     if zh:
         with_number = [r for r in zh if r["final_number_match"] is not None]

@@ -47,6 +47,11 @@ COMPARISONS = (
 )
 
 
+def _trigger_gain(rows) -> list[float]:
+    """Per CoT question: correct with the trigger minus correct without it."""
+    return [b - a for a, b in zip(_values(rows, "cot", "correct", False), _values(rows, "cot", "correct", True))]
+
+
 def findings(rows: dict) -> list[dict]:
     """Each comparison of the grid, and the CoT trigger's effect on every model."""
     found = []
@@ -60,6 +65,11 @@ def findings(rows: dict) -> list[dict]:
         x, y = _values(model_rows, "cot", "correct", False), _values(model_rows, "cot", "correct", True)
         if x:
             found.append({"label": f"CoT trigger on {model}", "a": "no trigger", "b": "trigger", "n": len(x),
+                          **dict(zip(("diff", "low", "high"), paired_difference(x, y)))})
+    for a, b in (("alpaca", "alpaca-cot"), ("alpaca-belle", "alpaca-belle-cot")):
+        if a in rows and b in rows:  # does the trigger help the CoT-trained model more than the other?
+            x, y = (_trigger_gain(rows[m]) for m in (a, b))
+            found.append({"label": "CoT trigger's gain, CoT-trained vs not", "a": a, "b": b, "n": len(x),
                           **dict(zip(("diff", "low", "high"), paired_difference(x, y)))})
     for f in found:
         f["verdict"] = "no detectable difference" if f["low"] <= 0 <= f["high"] else (
@@ -129,12 +139,15 @@ def qualitative(rows: dict) -> list[str]:
 
 
 def summary_table(summaries: dict, train: dict) -> list[str]:
-    lines = ["| model | train records | CoT acc, no trigger | CoT acc, trigger | answer found | Chinese answers in "
-             "Chinese | final number agrees | English in English | ROUGE-L | words |", "|---" + "|---:" * 9 + "|"]
+    lines = ["| model | train records | CoT acc, no trigger | CoT acc, trigger | answer found | FLAN phrase | "
+             "acc when found | Chinese answers in Chinese | final number agrees | English in English | ROUGE-L | words |",
+             "|---" + "|---:" * 11 + "|"]
     for m, s in summaries.items():
         c, zh, en = s["cot"], s["chinese"], s["english"]
-        lines.append(f"| {m} | {train.get(m, {}).get('records', 0)} | {percent(c['no_trigger']['accuracy'])} | "
-                     f"{percent(c['trigger']['accuracy'])} | {percent(c['no_trigger']['answer_found'])} | "
+        plain = c["no_trigger"]
+        lines.append(f"| {m} | {train.get(m, {}).get('records', 0)} | {percent(plain['accuracy'])} | "
+                     f"{percent(c['trigger']['accuracy'])} | {percent(plain['answer_found'])} | "
+                     f"{percent(plain['flan_phrase'])} | {percent(plain['accuracy_when_found'])} | "
                      f"{percent(zh['chinese_share'])} | {percent(zh['final_number_match'])} | "
                      f"{percent(en['english_share'])} | {percent(en['rouge_l'])} | {en['mean_words']} |")
     return lines
@@ -146,6 +159,8 @@ def write_report(out: Path, config: dict, manifest: dict):
     timings = json.loads((out / "timings.json").read_text())
     rows = load_rows(out, models)
     summaries = {m: evaluation.summarize(r) for m, r in rows.items()}
+    for m in models:  # the per-model files follow the current scoring rules too
+        evaluation.write(rows[m], summaries[m], out / "results" / m, m)
     train = {m: json.loads((out / "adapters" / m / "train_summary.json").read_text()) for m in config["mixes"]}
     for m in config["mixes"]:
         train[m]["records"] = sum(manifest["train_records"][s] for s in m.split("-"))

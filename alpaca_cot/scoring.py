@@ -12,9 +12,10 @@ dataset's form found there:
 - sensemaking: "Sentence A" or "Sentence B";
 - ecqa: one of the question's option strings (the longest that matches);
 - gsm8k, and any other dataset: a number, compared as a number.
-Fallback, when no phrase is found or nothing of that form follows it: the last answer of the
-dataset's form anywhere in the output (a model that says "... so B is wrong. Sentence A" is read
-as Sentence A). Gold answers are read by the same rules.
+Fallback, when no phrase is found or nothing of that form follows it: for numbers, the last number
+in the output (the usual GSM8K rule); for every other form, the one answer of that form that the
+output mentions, and none if it mentions two different ones (a model that lists the options, or
+says "yes ... no", has not answered). Gold answers are read by the same rules.
 """
 
 import re
@@ -88,7 +89,8 @@ def _number(text: str) -> str:
 
 
 def extract(output: str, dataset: str, question: str = "") -> tuple[str | None, str]:
-    """The answer a model gave and how it was found: ("B", "phrase"), ("B", "fallback") or (None, "none")."""
+    """The answer a model gave and how it was found: ("B", "phrase"), ("B", "fallback"), (None, "ambiguous")
+    or (None, "none")."""
     kind = KINDS.get(dataset, "number")
     phrases = list(PHRASE.finditer(output))
     if phrases:
@@ -97,7 +99,11 @@ def extract(output: str, dataset: str, question: str = "") -> tuple[str | None, 
         if hits:
             return hits[0][1], "phrase"
     hits = find_answers(output, kind, question)
-    return (hits[-1][1], "fallback") if hits else (None, "none")
+    if not hits:
+        return None, "none"
+    if kind != "number" and len({answer for _, answer in hits}) > 1:
+        return None, "ambiguous"
+    return hits[-1][1], "fallback"
 
 
 def gold(answer: str, dataset: str, question: str = "") -> str | None:

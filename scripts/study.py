@@ -30,6 +30,7 @@ def check_config(out: Path, config: dict):
         changed = sorted(k for k in set(old) | set(config) if k != "command" and old.get(k) != config.get(k))
         if changed:
             raise UserError(f"{out} holds a study with other settings ({', '.join(changed)}); use another --out")
+        return  # the first command stays on record
     write_json_atomic(config, path)
 
 

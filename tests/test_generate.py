@@ -161,7 +161,7 @@ def test_answer_is_cut_by_ids_after_the_prompt(gen):
 
 def test_generation_stops_at_eos(gen, train_records):
     limit, eos = 40, gen.tokenizer.eos_token_id
-    prompts = [gen.prompt(r["instruction"], r["input"]) for r in train_records[:12]]
+    prompts = [gen.prompt(r["instruction"], r["input"]) for r in train_records[:64]]
     batch = new_ids(gen, prompts, **decoding_kwargs(max_new_tokens=limit))
     stopped = [p for p, ids in zip(prompts, batch) if ids[-1] == eos]
     assert stopped, "the trained model should end some answers from its training data with EOS"

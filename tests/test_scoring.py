@@ -17,14 +17,17 @@ ECQA_Q = "Where is a good place to keep a city map?\nOptions:\n- city\n- city ha
     ("aqua", AQUA_Q, "93 / 3 = 31. So the answer is (A).", "A"),
     ("aqua", AQUA_Q, "The answer: B", "B"),
     ("aqua", AQUA_Q, "Each part is 31 inches. The answer is 31 inches.", "A"),  # option text
-    ("aqua", AQUA_Q, "It could be (B) or maybe (C)", "C"),  # no phrase: last letter
+    ("aqua", AQUA_Q, "I think (B) is right.", "B"),  # no phrase: the one letter mentioned
+    ("aqua", AQUA_Q, "It could be (B) or maybe (C)", None),  # no phrase, two letters: no answer
+    ("ecqa", ECQA_Q, "- city\n- city hall\n- glove box", None),  # listing the options is no answer
     ("creak", "", "Ice floats.\nThe final answer: yes.", "yes"),
     ("strategyqa", "", "No, it is not. Therefore, the answer is no.", "no"),
     ("sensemaking", "", "Sentence A is fine.\nThus, the answer is Sentence B.", "Sentence B"),
     ("ecqa", ECQA_Q, "Maps fit there. So, the answer is city hall.", "city hall"),  # the longest option wins
     ("ecqa", ECQA_Q, "The answer is glove box. A city hall has maps too.", "glove box"),
     ("gsm8k", "", "She pays $1,250.50 in total. The answer is $1,250.50.", "1250.5"),
-    ("gsm8k", "", "3 pens x 4 = 12, 12 + 5 = 17", "17"),  # no phrase: last number
+    ("gsm8k", "", "3 pens x 4 = 12, 12 + 5 = 17", "17"),  # no phrase: the last number
+    ("strategyqa", "", "Yes, it can. No one doubts it.", None),
     ("gsm8k", "", "I don't know.", None),
 ])
 def test_extraction_rules(dataset, question, output, expected):
