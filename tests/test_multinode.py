@@ -1,0 +1,32 @@
+"""Two launchers on one host acting as two nodes (gloo, CPU): the seed's multi-node command trains and
+saves one adapter, with torchrun and with torch.distributed.launch."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from alpaca_cot import ROOT
+from test_finetune import free_port
+
+
+@pytest.mark.parametrize("launcher", ["torch.distributed.run", "torch.distributed.launch"])
+def test_two_nodes_train_one_adapter(launcher, tmp_path, tiny_llama, train_file):
+    port, out = free_port(), tmp_path / "adapter"
+    flags = ["finetune.py", "--base_model", str(tiny_llama), "--data", str(train_file), "--quantization", "none",
+             "--batch_size", "8", "--micro_batch_size", "2", "--max_steps", "3", "--val_set_size", "0",
+             "--cutoff_len", "128", "--report_to", "none", "--save_steps", "1000", "--output_dir", str(out)]
+    nodes = [subprocess.Popen([sys.executable, "-m", launcher, "--nproc_per_node", "1", "--nnodes", "2",
+                               "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    results = [node.communicate(timeout=600) for node in nodes]
+    for node, (stdout, stderr) in zip(nodes, results):
+        assert node.returncode == 0, stderr[-3000:]
+    first = results[0][0]
+    config = json.loads(first[first.index("{"):first.index("}") + 1])
+    assert config["world_size"] == 2 and config["gradient_accumulation_steps"] == 2
+    assert "alpaca-cot finetune" not in results[1][0]  # only global rank 0 prints and saves
+    assert (out / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "train_summary.json").read_text())["train_loss"] > 0
