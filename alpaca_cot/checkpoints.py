@@ -9,7 +9,6 @@ unit: its files are staged in `.saving-*`, the complete staging folder is rename
 weights always come from the same save; a `.saving-*` folder is an unfinished save and is dropped.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import UserError
-from .io import write_json_atomic
+from .io import sha256, write_json_atomic
 
 RUN_FILE = "run.json"
 STAGING_PREFIX = ".saving-"
@@ -33,14 +32,6 @@ NOT_DEFINING = {"output_dir", "eval_steps", "save_steps", "save_total_limit", "l
                 "resume_from_checkpoint", "overwrite", "local_rank", "num_epochs", "max_steps",
                 "gradient_checkpointing", "fused_kernels", "attn_implementation", "world_size",
                 "gradient_accumulation_steps", "records", "files", "data"}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_record(config: dict, files: list[Path]) -> dict:

@@ -6,7 +6,6 @@
 safetensors checkpoint, cached by the file's sha256, and reused after that.
 """
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cli import UserError
+from .io import sha256
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,6 @@ def preset_file(name: str) -> Path:
     if path is None or not path.is_file():
         raise UserError(f"base model {name} needs the package {preset.package}: {preset.install}")
     return path
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint(gguf_path, log=print) -> str:

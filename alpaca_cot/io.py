@@ -1,9 +1,10 @@
-"""Atomic file writing shared by the scripts: a file is either the old one or complete.
+"""File helpers shared by the scripts: atomic writes (a file is either the old one or complete) and content hashes.
 
 SIGTERM while a file is being written leaves no temporary file: the signal becomes SystemExit
 (exit code 143) for the length of the write, so the cleanup runs.
 """
 
+import hashlib
 import json
 import os
 import signal
@@ -64,3 +65,11 @@ def write_json_atomic(records, path):
     with atomic_open(path) as f:
         json.dump(records, f, ensure_ascii=False, indent=2)
         f.write("\n")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
