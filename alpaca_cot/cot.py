@@ -17,6 +17,7 @@ Two ways to read the TSVs:
 """
 
 import csv
+import http.client
 import json
 import random
 import re
@@ -158,7 +159,7 @@ def download(name, dest_dir, timeout=60):
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r, open(part, "wb") as f:
             f.write(r.read())
-    except OSError as e:  # URLError, HTTPError and timeouts are all OSErrors
+    except (OSError, http.client.HTTPException) as e:  # URLError, timeouts; a cut-off body (IncompleteRead)
         part.unlink(missing_ok=True)
         raise UserError(f"download of {url} failed ({e}); fetch it yourself and pass --src DIR")
     part.replace(dest)

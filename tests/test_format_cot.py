@@ -173,3 +173,40 @@ def test_script_rejects_bad_arguments(tsv_dir, tmp_path):
     r = script("--src", tsv_dir, "--out", out, "--datasets", "nope")
     assert r.returncode != 0 and "nope" in r.stderr
     assert not out.exists()
+
+
+def test_tsv_quirks_bom_empty_merged_rows_and_field_limit(tmp_path):
+    bom = tmp_path / "bom.tsv"
+    bom.write_bytes("\ufeffq1\ta1\tc1\n".encode("utf-8"))
+    for style in ("original", "clean"):
+        assert cot.read_tsv(bom, style) == [("q1", "a1", "c1")]
+    empty = tmp_path / "nothing.tsv"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(UserError, match=r"nothing.tsv: no rows"):
+        cot.read_tsv(empty)
+    quoted = tmp_path / "quote.tsv"  # an unbalanced quote: csv.reader joins lines 1 and 2 into one row
+    quoted.write_text('"q1 says\ta1\nq2"\ta2\tc2\nq3\ta3\tc3\n', encoding="utf-8")
+    warnings = []
+    rows = cot.read_tsv(quoted, "original", warn=warnings.append)
+    assert len(rows) == 2 and len(warnings) == 1 and "line(s) 2" in warnings[0] and "quote.tsv" in warnings[0]
+    huge = tmp_path / "huge.tsv"
+    huge.write_text('"' + "x" * 200_000 + '"\ta\tc\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"huge.tsv: field larger than field limit"):
+        cot.read_tsv(huge, "original")
+    binary = tmp_path / "latin1.tsv"
+    binary.write_bytes("caf\xe9\ta\tc\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.tsv: not UTF-8 text"):
+        cot.read_tsv(binary, "clean")
+
+
+def test_a_cut_off_download_is_one_line(tmp_path, monkeypatch):
+    import http.client
+    import urllib.request
+
+    def cut_off(url, timeout):
+        raise http.client.IncompleteRead(b"partial", 100)
+
+    monkeypatch.setattr(urllib.request, "urlopen", cut_off)
+    with pytest.raises(UserError, match=r"download of .*aqua_train.tsv failed \(IncompleteRead"):
+        cot.download("aqua", tmp_path)
+    assert not list(tmp_path.iterdir())
