@@ -51,7 +51,7 @@ def resolve_specs(data, data_dir: Path = DATA_DIR) -> list[tuple[Path, int | flo
         raise UserError("--data is empty; name a dataset (" + ", ".join(REGISTRY) + ") or a .json/.jsonl file")
     paths = []
     for item in items:
-        if _is_path(split_spec(item)[0]):
+        if _is_path(item) or _is_path(item.rpartition(":")[0]):
             item, spec = split_spec(item)
             path = Path(item).expanduser()
             check_readable(path, "data file")
