@@ -181,3 +181,20 @@ def test_real_alpaca_rows_drop_the_empty_outputs(shared_dir, local_hub, download
     kept, skipped = data.load_file(sample, skip_bad_records=True)
     assert data.load_file(tmp_path / "a.json") == (kept, 0)
     assert f"dropped {skipped} rows: field 'output' is empty" in capsys.readouterr().out
+
+
+def test_data_card_renders_every_entry(tiny_llama, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "card.md"
+    result = subprocess.run([sys.executable, "scripts/data_card.py", "--base_model", str(tiny_llama), "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("| name | language | task | records | license | source | tokens")
+    assert len(lines) == 2 + len(ENTRIES)
+    demo = next(line for line in lines if line.startswith("| `demo`"))
+    assert "42 in file; " in demo  # data/demo.json ships, so it is measured
+    assert "`yahma/alpaca-cleaned`" in next(line for line in lines if line.startswith("| `alpaca`"))
+    assert "`databricks/databricks-dolly-15k` @ `d8f5e5a`" in next(line for line in lines if line.startswith("| `dolly`"))
