@@ -1,33 +1,20 @@
 """The data registry and the loader that validates every record.
 
-`--data` names resolve here and nowhere else: a registered name (`alpaca`, `belle`,
-`cot`, `demo`), names joined by `-` in any order (`alpaca-belle-cot`), a path to a
-`.json` list or `.jsonl` file, or several of these separated by commas.
+`--data` names resolve here and nowhere else: a name in the catalogue (data/catalog.json:
+`alpaca`, `belle`, `cot`, `demo` and the rest), names joined by `-` in any order
+(`alpaca-belle-cot`), a path to a `.json` list or `.jsonl` file, or several of these separated
+by commas. Any of them may end in `:N` (at most N records) or `:W` (a weight such as 0.5 or 2,
+times its records); alpaca_cot/mixture.py draws those.
 """
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import DATA_DIR
+from .catalog import registry
 from .cli import UserError
 
-
-@dataclass(frozen=True)
-class Source:
-    file: str  # relative to data/
-    how_to_get: str
-
-
-REGISTRY = {
-    "alpaca": Source("alpaca_data_cleaned.json",
-                     "run `python scripts/download_data.py alpaca` (hub dataset yahma/alpaca-cleaned)"),
-    "belle": Source("belle_data_cn.json",
-                    "run `python scripts/download_data.py belle` (hub dataset BelleGroup/train_0.5M_CN)"),
-    "cot": Source("CoT_data.json",
-                  "run `python scripts/format_cot.py --out data/CoT_data.json` (the 9 FLAN CoT sets)"),
-    "demo": Source("demo.json", "it ships with the project: restore it with `git checkout data/demo.json`"),
-}
+REGISTRY = registry()
 
 # Placeholders some Alpaca versions use for "no input".
 NO_INPUT = {"noinput", "<noinput>", "no input"}
@@ -37,20 +24,41 @@ def _is_path(item: str) -> bool:
     return item.endswith((".json", ".jsonl")) or "/" in item or "\\" in item
 
 
+def split_spec(item: str) -> tuple[str, int | float | None]:
+    """`alpaca:2000` -> ("alpaca", 2000), `cot:0.5` -> ("cot", 0.5), `cot` -> ("cot", None)."""
+    head, colon, tail = item.rpartition(":")
+    if not colon or not head or "/" in tail or "\\" in tail:
+        return item, None
+    try:
+        spec = int(tail) if tail.strip().isdigit() else float(tail)
+    except ValueError:
+        raise UserError(f"--data {item!r}: after ':' comes a record count (2000) or a weight (0.5, 2)") from None
+    if spec <= 0 or spec != spec or spec == float("inf"):
+        raise UserError(f"--data {item!r}: the count or weight after ':' must be > 0")
+    return head, spec
+
+
 def resolve(data, data_dir: Path = DATA_DIR) -> list[Path]:
     """Turn a --data value into the list of files it names, in order, without duplicates."""
+    return [path for path, _ in resolve_specs(data, data_dir)]
+
+
+def resolve_specs(data, data_dir: Path = DATA_DIR) -> list[tuple[Path, int | float | None]]:
+    """The files --data names, each with its count or weight (None: all records), in order, each once."""
     items = list(data) if isinstance(data, (list, tuple)) else str(data).split(",")
     items = [str(i).strip() for i in items if str(i).strip()]
     if not items:
         raise UserError("--data is empty; name a dataset (" + ", ".join(REGISTRY) + ") or a .json/.jsonl file")
     paths = []
     for item in items:
-        if _is_path(item):
+        if _is_path(item) or _is_path(item.rpartition(":")[0]):
+            item, spec = split_spec(item)
             path = Path(item).expanduser()
             check_readable(path, "data file")
-            paths.append(path)
+            paths.append((path, spec))
             continue
-        for name in item.split("-"):
+        for piece in item.split("-"):
+            name, spec = split_spec(piece)
             if name not in REGISTRY:
                 raise UserError(f"unknown dataset {name!r} in --data {item!r}; known: {', '.join(REGISTRY)}, "
                                 "combinations like alpaca-belle-cot, or paths to .json/.jsonl files")
@@ -58,10 +66,10 @@ def resolve(data, data_dir: Path = DATA_DIR) -> list[Path]:
             path = Path(data_dir) / source.file
             if not path.is_file():
                 raise UserError(f"dataset {name!r} needs {path}, which is missing: {source.how_to_get}")
-            paths.append(path)
+            paths.append((path, spec))
     unique = {}
-    for path in paths:  # the same file named twice (demo,data/demo.json) is read once
-        unique.setdefault(path.resolve(), path)
+    for path, spec in paths:  # the same file named twice (demo,data/demo.json) is read once
+        unique.setdefault(path.resolve(), (path, spec))
     return list(unique.values())
 
 
@@ -153,7 +161,29 @@ def _check(record, require_output: bool = True) -> tuple[dict | None, str | None
     if (why := _not_encodable("input", value)) is not None:
         return None, why
     clean["input"] = "" if value.strip().lower() in NO_INPUT else value
+    history, why = _check_history(record.get("history"))
+    if why is not None:
+        return None, why
+    if history:
+        clean["history"] = history
     return clean, None
+
+
+def _check_history(history) -> tuple[list | None, str | None]:
+    """Earlier turns of a conversation: a list of [user, assistant] pairs of non-empty strings."""
+    if history is None:
+        return None, None
+    if not isinstance(history, list):
+        return None, f"field 'history' must be a list of [user, assistant] pairs, got {type(history).__name__}"
+    for i, turn in enumerate(history):
+        if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
+            return None, f"field 'history' turn {i} must be a [user, assistant] pair of strings"
+        if not all(t.strip() for t in turn):
+            return None, f"field 'history' turn {i} has an empty side"
+        for side, text in zip(("user", "assistant"), turn):
+            if (why := _not_encodable(f"history[{i}].{side}", text)) is not None:
+                return None, why
+    return [list(turn) for turn in history], None
 
 
 def load_file(path: Path, skip_bad_records: bool = False, require_output: bool = True) -> tuple[list[dict], int]:
@@ -170,22 +200,42 @@ def load_file(path: Path, skip_bad_records: bool = False, require_output: bool =
     return records, skipped
 
 
-def load(data, skip_bad_records: bool = False, data_dir: Path = DATA_DIR, log=print) -> dict[str, list]:
-    """All records that --data names, as columns (instruction, input, output, source)."""
-    return load_files(resolve(data, data_dir), skip_bad_records, log, label=data)
+def load(data, skip_bad_records: bool = False, data_dir: Path = DATA_DIR, log=print, seed: int = 42) -> dict[str, list]:
+    """All records that --data names, counts and weights drawn with seed, as columns (see to_columns)."""
+    from .mixture import prepare
+
+    return prepare(data, seed=seed, skip_bad_records=skip_bad_records, data_dir=data_dir, log=log)[1]
 
 
-def load_files(paths: list[Path], skip_bad_records: bool = False, log=print, label=None) -> dict[str, list]:
-    """The records of already resolved files, as columns (instruction, input, output, source)."""
-    columns = {"instruction": [], "input": [], "output": [], "source": []}
+def load_sources(paths: list[Path], skip_bad_records: bool = False, log=print) -> list[tuple[Path, list[dict]]]:
+    """The valid records of each file, in order, logging how many bad ones each skipped."""
+    sources = []
     for path in paths:
         records, skipped = load_file(path, skip_bad_records)
         if skipped:
             log(f"{path}: skipped {skipped} bad records")
+        sources.append((path, records))
+    return sources
+
+
+def to_columns(sources: list[tuple[Path, list[dict]]], label=None) -> dict[str, list]:
+    """Columns instruction, input, output, source (the file's stem), and history when any record has one."""
+    columns = {"instruction": [], "input": [], "output": [], "source": []}
+    with_history = any("history" in r for _, records in sources for r in records)
+    if with_history:
+        columns["history"] = []
+    for path, records in sources:
         for r in records:
             for k in ("instruction", "input", "output"):
                 columns[k].append(r[k])
+            if with_history:
+                columns["history"].append(r.get("history", []))
         columns["source"].extend([path.stem] * len(records))
     if not columns["output"]:
-        raise UserError(f"--data {label or ','.join(map(str, paths))!r} holds no usable records")
+        raise UserError(f"--data {label or ','.join(str(p) for p, _ in sources)!r} holds no usable records")
     return columns
+
+
+def load_files(paths: list[Path], skip_bad_records: bool = False, log=print, label=None) -> dict[str, list]:
+    """The records of already resolved files, as columns (see to_columns)."""
+    return to_columns(load_sources(paths, skip_bad_records, log), label)

@@ -1,20 +1,22 @@
 """Token-length statistics of instruction data, measured exactly as training tokenises it.
 
-Lengths come from `preprocess.encode_batch` with the cut switched off: BOS + prompt +
-response + EOS, so `over_cutoff` counts the records that finetune.py would truncate.
+Lengths come from `conversation.encode_records` (encode_batch, and earlier turns where a record has
+them) with the cut switched off: BOS + prompt + response + EOS, so `over_cutoff` counts the records
+that finetune.py would truncate.
 """
 
 import sys
 
 import numpy as np
 
-from .preprocess import IGNORE, encode_batch
+from .conversation import encode_records
+from .preprocess import IGNORE
 
 NO_CUT = sys.maxsize
 
 
 def _measure(batch, tokenizer, prompter):
-    out = encode_batch(batch, tokenizer, prompter, NO_CUT)
+    out = encode_records(batch, tokenizer, prompter, NO_CUT)
     # The prompt (BOS included) is exactly the -100 part of the labels.
     return {"length": out["length"], "prompt": [labels.count(IGNORE) for labels in out["labels"]],
             "empty_input": [not x for x in batch["input"]]}

@@ -21,7 +21,9 @@ from .checks import check_finetune_flags
 from . import resumable
 from .cli import UserError
 from .io import write_json_atomic
-from .preprocess import encode_batch, prompt_overhead
+from .conversation import encode_records
+from .mixture import prepare as prepare_data
+from .preprocess import prompt_overhead
 from .prompter import Prompter
 
 def log(*args):
@@ -164,13 +166,14 @@ def default_output_dir(data, size) -> str:
     return f"saved-{data_registry.name_of(data)}{size}b"
 
 
-def tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_size, seed):
+def tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_size, seed, train_on_history=True):
     """Train and validation sets of input_ids/labels/length; reports cut and dropped records."""
     from datasets import Dataset
 
     dataset = Dataset.from_dict(columns).map(
-        encode_batch, batched=True, batch_size=1000, remove_columns=["instruction", "input", "output", "source"],
-        fn_kwargs=dict(tokenizer=tokenizer, prompter=prompter, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs),
+        encode_records, batched=True, batch_size=1000, remove_columns=list(columns),
+        fn_kwargs=dict(tokenizer=tokenizer, prompter=prompter, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs,
+                       train_on_history=train_on_history),
         desc="tokenising", disable_nullable=True)
     too_long = sum(dataset["prompt_too_long"])
     if too_long:
@@ -249,6 +252,10 @@ def finetune(
     # data and prompt
     prompt_template_name: str = "alpaca",
     train_on_inputs: bool = False,
+    train_on_history: bool = True,
+    max_records_per_source: int = None,
+    dedup: str = "exact",
+    decontaminate: str = None,
     group_by_length: bool = True,
     skip_bad_records: bool = False,
     # run
@@ -288,6 +295,10 @@ def finetune(
         lora_target_modules: modules that get an adapter, comma-separated.
         prompt_template_name: a template in templates/ (alpaca).
         train_on_inputs: also train on the prompt, not only on the response.
+        train_on_history: in multi-turn records, learn every assistant turn; False: only the last one.
+        max_records_per_source: draw at most this many records from each --data source (with --seed).
+        dedup: remove repeated prompts within and across sources: none, exact or near (MinHash).
+        decontaminate: evaluation files (.json/.jsonl, comma-separated) whose rows are removed from the data.
         group_by_length: batch records of similar length together (less padding).
         skip_bad_records: skip and count malformed records instead of stopping.
         resume_from_checkpoint: auto (the last checkpoint in output_dir) or a checkpoint folder.
@@ -320,8 +331,8 @@ def finetune(
         raise UserError(f"--resume_from_checkpoint {resume_from_checkpoint} is not a folder")
     checkpoints.check_writable(output_dir)
     prompter = Prompter(prompt_template_name)
-    files = data_registry.resolve(data)
-    columns = data_registry.load_files(files, skip_bad_records, log=log, label=data)
+    files, columns = prepare_data(data, seed=seed, skip_bad_records=skip_bad_records, log=log, dedup_mode=dedup,
+                                  max_records_per_source=max_records_per_source, decontaminate=decontaminate)
     tokenizer = models.load_tokenizer(name)
     tokenizer.padding_side = "right"
     overhead = prompt_overhead(tokenizer, prompter)
@@ -338,7 +349,9 @@ def finetune(
                   num_epochs=num_epochs, max_steps=max_steps, learning_rate=learning_rate, cutoff_len=cutoff_len,
                   val_set_size=val_set_size, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                   lora_target_modules=target_modules, prompt_template=prompt_template_name,
-                  train_on_inputs=train_on_inputs, group_by_length=group_by_length,
+                  train_on_inputs=train_on_inputs, train_on_history=train_on_history, dedup=dedup,
+                  max_records_per_source=max_records_per_source, decontaminate=decontaminate,
+                  group_by_length=group_by_length,
                   gradient_checkpointing=gradient_checkpointing, fused_kernels=fused_kernels, packing=packing,
                   attn_implementation=attn_implementation,
                   resume_from_checkpoint=resume_from_checkpoint, warmup_steps=warmup_steps,
@@ -350,7 +363,8 @@ def finetune(
     if packing and attn_implementation in ("sdpa", "eager") and torch.cuda.is_available():
         log("note: with --packing, sdpa and eager attend over the whole packed row through a mask; on an H200 "
             "that trained 2.3x slower than padding (README, Speed); flash_attention_2 attends per record")
-    train_data, val_data = tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_size, seed)
+    train_data, val_data = tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_size, seed,
+                                    train_on_history)
 
     from transformers import set_seed
 

@@ -1,65 +1,94 @@
-"""Downloads a registered dataset into data/ as the JSON list that `--data NAME` reads.
+"""Downloads catalogue datasets (data/catalog.json) into data/ as the JSON lists that `--data NAME` reads.
 
-    python scripts/download_data.py alpaca|belle|cot [--out PATH] [--src DIR]
+    python scripts/download_data.py NAME[,NAME...] [--out PATH] [--src DIR]
 
-alpaca and belle come from the Hugging Face hub; cot is built from the FLAN TSVs by
+Hub entries are loaded through `datasets` at their pinned revision, converted to uniform
+{instruction, input, output[, history]} records, checked as `--data` checks them (bad rows are
+dropped and counted) and written atomically to data/<file>. cot is built from the FLAN TSVs by
 scripts/format_cot.py (--src DIR: TSVs already on disk instead of a download).
 """
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alpaca_cot import DATA_DIR  # noqa: E402
 from alpaca_cot.cli import UserError, run  # noqa: E402
-from alpaca_cot.data import REGISTRY  # noqa: E402
+from alpaca_cot.convert import convert  # noqa: E402
+from alpaca_cot.data import REGISTRY, _check  # noqa: E402
 from alpaca_cot.io import write_json_atomic  # noqa: E402
 
-HUB = {"alpaca": "yahma/alpaca-cleaned", "belle": "BelleGroup/train_0.5M_CN"}
-FIELDS = ("instruction", "input", "output")
+LOAD_ARGS = {"config": "name", "split": "split", "revision": "revision", "data_files": "data_files"}
 
 
-def fetch(dataset_id: str, out: Path) -> list[dict]:
-    """The train split of a hub dataset as {instruction, input, output} records."""
+def fetch(source: dict, out: Path):
+    """The source's split as a datasets.Dataset, loaded at its revision."""
     from datasets import load_dataset
 
+    kwargs = {arg: source[key] for key, arg in LOAD_ARGS.items() if source.get(key) is not None}
     try:
-        dataset = load_dataset(dataset_id, split="train")
+        return load_dataset(source["hub"], **kwargs)
     except Exception as e:  # offline, DNS, HTTP, hub errors all differ in type: report any of them
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"could not download {dataset_id} from the Hugging Face hub ({reason}); "
-                        f"to place it by hand, save its train split as a JSON list of "
+        raise UserError(f"could not download {source['hub']} from the Hugging Face hub ({reason}); "
+                        f"to place it by hand, save its {source.get('split', 'train')} split as a JSON list of "
                         f"{{instruction, input, output}} records at {out}") from None
-    missing = [f for f in FIELDS if f not in dataset.column_names]
-    if missing:
-        raise UserError(f"{dataset_id} has no column(s) {', '.join(missing)}; columns: {dataset.column_names}")
-    columns = dataset.select_columns(list(FIELDS)).to_dict()
-    return [dict(zip(FIELDS, values)) for values in zip(*(columns[f] for f in FIELDS))]
 
 
-def main(name, out=None, src=None):
-    """Download (or, for cot, build) a registered dataset as a JSON list of records.
+def uniform_records(rows, entry: dict, log=print) -> list[dict]:
+    """Converted and checked records; rows that fail are dropped and counted by reason."""
+    records, bad = [], Counter()
+    for record, why in convert(rows, entry):
+        if record is not None:
+            record, why = _check(record)
+        if record is None:
+            bad[why] += 1
+            continue
+        records.append(record)
+    for why, n in bad.most_common():
+        log(f"  dropped {n} rows: {why}")
+    return records
 
-    Args:
-        name: alpaca, belle or cot.
-        out: where the JSON list is written; the dataset's file in data/ by default.
-        src: for cot, a folder of FLAN <name>_train.tsv files instead of downloading them.
-    """
-    if name not in REGISTRY or name == "demo":
-        raise UserError(f"unknown dataset {name!r}; choose one of alpaca, belle, cot")
-    out = Path(out) if out is not None else DATA_DIR / REGISTRY[name].file
-    if name == "cot":
+
+def download(name: str, out: Path, src=None, log=print):
+    entry = REGISTRY[name].entry
+    if "builder" in entry["source"]:
         # Not on the hub in this form: format_cot.py builds it from the FLAN TSVs.
-        print(f"cot is built by scripts/format_cot.py; running it with --out {out}", flush=True)
+        log(f"{name} is built by scripts/format_cot.py; running it with --out {out}")
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from format_cot import main as format_cot
 
         format_cot(src=src, out=str(out))
         return
-    records = fetch(HUB[name], out)
+    if "hub" not in entry["source"]:
+        raise UserError(f"{name} is not downloaded: {REGISTRY[name].how_to_get}")
+    records = uniform_records(fetch(entry["source"], out), entry, log)
+    if not records:
+        raise UserError(f"{entry['source']['hub']}: no usable records; nothing written to {out}")
     write_json_atomic(records, out)
-    print(f"{name}: {len(records)} records from {HUB[name]} -> {out}")
+    log(f"{name}: {len(records)} records from {entry['source']['hub']} -> {out}")
+
+
+def main(name, out=None, src=None):
+    """Download (or, for cot, build) catalogue datasets as JSON lists of records.
+
+    Args:
+        name: one or more names from data/catalog.json, comma-separated (alpaca,dolly) or joined by -.
+        out: where the JSON list is written (one name only); the dataset's file in data/ by default.
+        src: for cot, a folder of FLAN <name>_train.tsv files instead of downloading them.
+    """
+    names = [n.strip() for part in (name if isinstance(name, (list, tuple)) else [name])
+             for n in str(part).replace("-", ",").split(",") if n.strip()]
+    known = [n for n in REGISTRY if n != "demo"]
+    for n in names:
+        if n not in known:
+            raise UserError(f"unknown dataset {n!r}; choose one of {', '.join(known)}")
+    if out is not None and len(names) > 1:
+        raise UserError(f"--out names one file, but {len(names)} datasets were asked for; leave --out out")
+    for n in names:
+        download(n, Path(out) if out is not None else DATA_DIR / REGISTRY[n].file, src, log=lambda m: print(m, flush=True))
 
 
 if __name__ == "__main__":
