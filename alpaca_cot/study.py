@@ -17,7 +17,7 @@ import random
 import time
 from pathlib import Path
 
-from . import cot, data, evaluation
+from . import cot, data, dedup, evaluation
 from .cli import UserError
 from .io import write_json_atomic
 
@@ -49,14 +49,10 @@ def draw(records: list[dict], n: int, name: str, rng: random.Random) -> list[dic
 
 
 def decontaminate(train: dict, evaluation_items: list[dict]) -> tuple[dict, int]:
-    """Drops training records containing an evaluation question (exact for short ones); returns the count."""
-    exact = {key(e) for e in evaluation_items}
-    long_ones = [k for k in exact if len(k) >= 40]
-    kept, dropped = {}, 0
-    for name, records in train.items():
-        kept[name] = [r for r in records if key(r) not in exact and not any(k in key(r) for k in long_ones)]
-        dropped += len(records) - len(kept[name])
-    return kept, dropped
+    """Drops training records that repeat or contain an evaluation prompt (alpaca_cot/dedup.py); returns the count."""
+    keys = [dedup.prompt_key(e) for e in evaluation_items]
+    kept, removed = dedup.decontaminate(list(train.items()), keys, near=False)
+    return dict(kept), sum(removed.values())
 
 
 def prepare(out: Path, sources: dict, config: dict) -> dict:

@@ -254,7 +254,7 @@ def finetune(
     train_on_inputs: bool = False,
     train_on_history: bool = True,
     max_records_per_source: int = None,
-    dedup: str = "exact",
+    dedup: str = "none",
     decontaminate: str = None,
     group_by_length: bool = True,
     skip_bad_records: bool = False,
@@ -297,7 +297,7 @@ def finetune(
         train_on_inputs: also train on the prompt, not only on the response.
         train_on_history: in multi-turn records, learn every assistant turn; False: only the last one.
         max_records_per_source: draw at most this many records from each --data source (with --seed).
-        dedup: remove repeated prompts within and across sources: none, exact or near (MinHash).
+        dedup: remove repeated prompts within and across sources: none (as given), exact or near (MinHash).
         decontaminate: evaluation files (.json/.jsonl, comma-separated) whose rows are removed from the data.
         group_by_length: batch records of similar length together (less padding).
         skip_bad_records: skip and count malformed records instead of stopping.

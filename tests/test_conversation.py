@@ -114,9 +114,9 @@ def test_finetune_trains_on_a_multi_turn_mixture(tiny_llama, tmp_path, capsys):
     trainer = finetune(base_model=str(tiny_llama), data=f"{tmp_path / 'chat.json'},{tmp_path / 'plain.json'}:10",
                        output_dir=str(tmp_path / "out"), quantization="none", batch_size=4, micro_batch_size=2,
                        max_steps=2, cutoff_len=256, val_set_size=0, warmup_steps=0, report_to="none",
-                       train_on_history=False, decontaminate=str(tmp_path / "eval.jsonl"))
+                       train_on_history=False, decontaminate=str(tmp_path / "eval.jsonl"), dedup="exact")
     log = capsys.readouterr().out
     assert "removed 1 training records" in log and "plain: drew 10 of 19 records" in log
-    # chat records repeat one prompt: exact dedup (the default) keeps one of them
+    # chat records repeat one prompt: exact dedup keeps one of them
     assert "exact dedup removed 11 records" in log
     assert len(trainer.train_dataset) == 11 and (tmp_path / "out" / "adapter_model.safetensors").is_file()
