@@ -12,46 +12,53 @@ from pathlib import Path
 import fire
 import torch
 
-from alpaca_cot import models
+from alpaca_cot import models, recipes
 from alpaca_cot.answer import (answer_file, check_serving, import_gradio, interactive, output_path,
                                read_records, serve, worth_compiling)
 from alpaca_cot.cli import UserError, run
 from alpaca_cot.data import check_readable
 from alpaca_cot.generation import Generator, decoding_kwargs
-from alpaca_cot.train import default_output_dir
+from alpaca_cot.checkpoints import default_output_dir
 
 
 # fire would turn text like "red, green" into a tuple and "None" into None: instructions stay text.
 @fire.decorators.SetParseFns(instruction=str, input=str)
 def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights: str = None,
-         quantization: str = "none", prompt_template_name: str = "alpaca",
+         quantization: str = "none", recipe: str = None, prompt_template_name: str = None,
          instruction: str = None, input: str = "", input_file: str = None, output_file: str = None,
-         batch_size: int = 8, cot: bool = False, max_new_tokens: int = 256, temperature: float = 0.0,
-         top_p: float = 1.0, top_k: int = 0, num_beams: int = 1, repetition_penalty: float = 1.0, seed: int = 42,
-         no_adapter: bool = False, web: bool = False, server_name: str = "127.0.0.1", server_port: int = 7860,
+         batch_size: int = 8, cot: bool = False, max_new_tokens: int = None, temperature: float = None,
+         top_p: float = None, top_k: int = None, num_beams: int = None, repetition_penalty: float = None,
+         no_repeat_ngram_size: int = None, seed: int = 42, no_adapter: bool = False, web: bool = False, server_name: str = "127.0.0.1", server_port: int = 7860,
          share: bool = False, skip_bad_records: bool = False, merge: bool = None, compile: bool = None,
          overwrite: bool = False, expose: bool = False, auth: str = None):
-    """Answer instructions with the adapter that finetune.py saved (saved-{data}{size}b by default).
+    """Answer instructions with the adapter that finetune.py saved (the folder finetune.py names by default).
+
+    Flags left unset take the recipe's values: by default greedy decoding of up to 256 tokens with the
+    alpaca template; --recipe 2023 is the original generate.py's (alpaca_legacy template, 4-beam sampling at
+    temperature 1.0, top_p 0.9, top_k 40, repetition penalty 1.8, no repeated 6-grams, 512 tokens, unmerged).
 
     Args:
         size: LLaMA size in billions (7, 13, 30 or 65) for huggyllama/llama-{size}b.
-        data: the --data the adapter was trained on; finds it in saved-{data}{size}b.
-        base_model: local folder or hub id of the base model; wins over --size.
-        lora_weights: the adapter folder; wins over --size and --data.
+        data: the --data the adapter was trained on; finds it in saved-{data}{size}b, or saved-{data}-{base name}
+            with --base_model (where finetune.py saved it).
+        base_model: local folder, hub id (org/name or gpt2), .gguf file or preset of the base model; wins over --size.
+        lora_weights: the adapter folder or hub id; wins over --size and --data.
         quantization: none (16-bit), 8bit or 4bit.
-        prompt_template_name: a template in templates/, the one the adapter was trained with.
+        recipe: default, or 2023 (the original Alpaca-CoT decoding and prompt); explicit flags win.
+        prompt_template_name: a template in templates/ (alpaca; alpaca_legacy with --recipe 2023).
         instruction: answer this one instruction and print the answer.
         input: the instruction's input (context), if it has one.
         input_file: answer every record of this .json or .jsonl file.
         output_file: where the --input_file answers go, as JSONL; INPUT.answers.jsonl by default.
         batch_size: prompts answered together from --input_file.
         cot: append "Let's think step by step." to each instruction.
-        max_new_tokens: longest answer in tokens.
-        temperature: 0 decodes greedily; above 0 samples at this temperature.
-        top_p: nucleus sampling: keep the most likely tokens up to this total probability.
-        top_k: sampling keeps only the k most likely tokens (0: all).
-        num_beams: beam search with this many beams (1: none).
-        repetition_penalty: above 1 discourages repeated tokens.
+        max_new_tokens: longest answer in tokens (256).
+        temperature: 0 decodes greedily (the default); above 0 samples at this temperature.
+        top_p: nucleus sampling: keep the most likely tokens up to this total probability (1.0).
+        top_k: sampling keeps only the k most likely tokens (0: all, the default).
+        num_beams: beam search with this many beams (1: none, the default).
+        repetition_penalty: above 1 discourages repeated tokens (1.0).
+        no_repeat_ngram_size: never repeat an n-gram of this many tokens (0: off, the default).
         seed: seeds sampling.
         no_adapter: answer with the base model alone.
         web: serve a Gradio page instead of answering here.
@@ -65,7 +72,12 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
         expose: allow --share or a --server_name other than loopback: anyone who reaches it can use the model.
         auth: user:pass login for the --web page.
     """
-    decoding = decoding_kwargs(max_new_tokens, temperature, top_p, top_k, num_beams, repetition_penalty)
+    flags = recipes.apply(recipe, "generate", dict(
+        prompt_template_name=prompt_template_name, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p, top_k=top_k, num_beams=num_beams, repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size, merge=merge))
+    decoding = decoding_kwargs(*(flags[k] for k in ("max_new_tokens", "temperature", "top_p", "top_k", "num_beams",
+                                                    "repetition_penalty", "no_repeat_ngram_size")))
     if instruction is not None and not str(instruction).strip():
         raise UserError("--instruction is empty")
     if input_file is not None:
@@ -79,10 +91,10 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
         auth = check_serving(server_name, share, expose, auth)
         import_gradio()
     name = models.base_model_name(size, base_model)
-    adapter = None if no_adapter else (lora_weights or default_output_dir(data, size))
+    adapter = None if no_adapter else (lora_weights or default_output_dir(data, size, base_model))
     if compile is None:
-        compile = worth_compiling(records, batch_size, max_new_tokens, quantization)
-    gen = Generator(name, adapter, quantization, prompt_template_name, merge=merge, compile=compile)
+        compile = worth_compiling(records, batch_size, decoding["max_new_tokens"], quantization)
+    gen = Generator(name, adapter, quantization, flags["prompt_template_name"], merge=flags["merge"], compile=compile)
     torch.manual_seed(seed)  # after loading, which draws random numbers: --seed alone fixes the samples
     if input_file is not None:
         answer_file(gen, records, input_file, output_file, batch_size, cot, decoding)

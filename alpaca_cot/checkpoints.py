@@ -31,7 +31,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 NOT_DEFINING = {"output_dir", "eval_steps", "save_steps", "save_total_limit", "logging_steps", "report_to",
                 "resume_from_checkpoint", "overwrite", "local_rank", "num_epochs", "max_steps",
                 "gradient_checkpointing", "fused_kernels", "attn_implementation", "world_size",
-                "gradient_accumulation_steps", "records", "files", "data"}
+                "gradient_accumulation_steps", "records", "files", "data", "recipe"}
 
 
 def run_record(config: dict, files: list[Path]) -> dict:
@@ -161,6 +161,18 @@ def check_adapter(lora_weights):
 
 
 # ---- the output folder's rules ----
+
+def default_output_dir(data, size, base_model=None) -> str:
+    """Where finetune.py saves and generate.py looks: saved-cot7b for --size (the 2023 repo's names), and
+    saved-{data}-{base model's name} for --base_model (saved-cot-llama-13b), so that bases never share one."""
+    from .data import name_of
+
+    if not base_model:
+        return f"saved-{name_of(data)}{size}b"
+    base = Path(str(base_model).rstrip("/\\")).name
+    base = base[: -len(".gguf")] if base.endswith(".gguf") else base
+    return f"saved-{name_of(data)}-{base.lower()}"
+
 
 def inside(path: Path, folder: Path) -> bool:
     """path is folder or below it (both resolved)."""

@@ -84,9 +84,11 @@ def check_readable(path: Path, what: str):
 
 
 def name_of(data) -> str:
-    """A short name for output folders: `alpaca-cot` stays, paths become their stem."""
+    """A short name for output folders: `alpaca-cot` stays, paths become their stem, and mixture
+    specs (`alpaca:2000`) drop their count or weight."""
     items = list(data) if isinstance(data, (list, tuple)) else str(data).split(",")
-    return "-".join(Path(str(i).strip()).stem if _is_path(str(i)) else str(i).strip() for i in items)
+    names = [split_spec(str(i).strip())[0] for i in items]
+    return "-".join(Path(n).stem if _is_path(n) else n for n in names)
 
 
 def _loads(text: str, path: Path, place: str = ""):

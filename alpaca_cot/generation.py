@@ -26,12 +26,16 @@ def with_cot(instruction: str) -> str:
 
 
 def decoding_kwargs(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, num_beams=1,
-                    repetition_penalty=1.0) -> dict:
-    """Greedy unless a sampling knob is set; beam search when num_beams > 1."""
+                    repetition_penalty=1.0, no_repeat_ngram_size=0) -> dict:
+    """Greedy unless a sampling knob is set; beam search when num_beams > 1 (beam sampling with both)."""
     require(DECODING_RULES, locals())
+    if not isinstance(no_repeat_ngram_size, int) or isinstance(no_repeat_ngram_size, bool) or no_repeat_ngram_size < 0:
+        raise UserError(f"--no_repeat_ngram_size must be an integer >= 0, got {no_repeat_ngram_size!r}")
     sample = temperature > 0
     kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=sample,
                   repetition_penalty=repetition_penalty)
+    if no_repeat_ngram_size:
+        kwargs["no_repeat_ngram_size"] = no_repeat_ngram_size
     if sample:
         kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
     else:  # keep the model's generation_config from adding sampling knobs to greedy/beam runs
@@ -42,8 +46,24 @@ def decoding_kwargs(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, num
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
 
 
+def is_hub_adapter(lora_weights) -> bool:
+    """An adapter id on the hub (org/name) rather than a local folder."""
+    return lora_weights is not None and "/" in str(lora_weights) and models.is_hub_id(str(lora_weights))
+
+
+def check_adapter_source(lora_weights):
+    """A local adapter folder must hold a complete adapter; a hub id must be reachable."""
+    if is_hub_adapter(lora_weights):
+        models.check_hub_reachable(str(lora_weights))
+    else:
+        check_adapter(lora_weights)
+
+
 def tokenizer_source(lora_weights, base_name: str) -> str:
-    """The adapter folder's tokenizer (finetune.py saves one there) wins over the base model's."""
+    """The adapter folder's tokenizer (finetune.py saves one there) wins over the base model's; a hub
+    adapter's tokenizer is the base's."""
+    if is_hub_adapter(lora_weights):
+        return base_name
     if lora_weights is not None and any((Path(lora_weights) / f).is_file() for f in TOKENIZER_FILES):
         return str(lora_weights)
     return base_name
@@ -54,14 +74,14 @@ def load_adapter(model, lora_weights, base_name: str):
     was trained on another base (generate.py and scripts/export_hf_checkpoint.py share this)."""
     from peft import PeftModel
 
-    check_adapter(lora_weights)
+    check_adapter_source(lora_weights)
     try:
         return PeftModel.from_pretrained(model, str(lora_weights))
     except RuntimeError as e:  # size mismatch: trained on another base
         first = str(e).strip().splitlines()
         raise UserError(f"adapter {lora_weights} does not fit base model {base_name} "
                         f"(trained on another base?): {first[1].strip() if len(first) > 1 else first[0]}") from None
-    except (KeyError, TypeError, ValueError) as e:  # an adapter_config.json that is not PEFT's
+    except (KeyError, TypeError, ValueError, OSError) as e:  # not PEFT's adapter_config.json, or no hub repo
         raise UserError(f"could not load the adapter in {lora_weights}: {type(e).__name__}: "
                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
 
@@ -85,7 +105,7 @@ class Generator:
         self.compile = compile
         self.prompter = Prompter(prompt_template_name)
         if lora_weights is not None:
-            check_adapter(lora_weights)
+            check_adapter_source(lora_weights)
         self.tokenizer = models.load_tokenizer(tokenizer_source(lora_weights, base_model))
         self.tokenizer.padding_side = "left"
         model = models.load_model(base_model, quantization)

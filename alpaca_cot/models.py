@@ -6,6 +6,7 @@ finetune.py, generate.py, the export script and the benchmark all load through h
 import importlib.util
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -30,15 +31,52 @@ def base_model_name(size=7, base_model=None) -> str:
             return gguf.checkpoint(gguf.preset_file(name))
         if name.endswith(".gguf"):
             return gguf.checkpoint(name)
-        looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
-        if looks_local and not Path(name).expanduser().exists():
-            raise UserError(f"base model {name} not found (not a local folder, a hub id like org/name, a .gguf file, "
-                            f"nor a preset: {', '.join(gguf.PRESETS)})")
-        return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+        if Path(name).expanduser().exists():  # absolute, so that a saved adapter names a base that loads anywhere
+            return str(Path(name).expanduser().resolve())
+        if not is_hub_id(name):
+            raise UserError(f"base model {name} not found (not a local folder, a hub id like org/name or gpt2, "
+                            f"a .gguf file, nor a preset: {', '.join(gguf.PRESETS)})")
+        check_hub_reachable(name)
+        return name
     try:
-        return SIZES[int(size)]
+        name = SIZES[int(size)]
     except (KeyError, ValueError, TypeError):
         raise UserError(f"unknown --size {size!r}; choose one of {', '.join(map(str, SIZES))} or pass --base_model") from None
+    check_hub_reachable(name)
+    return name
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def is_hub_id(name: str) -> bool:
+    """org/name or a bare name (gpt2) that is not on this machine; org/name whose org is a local folder is
+    a missing local path instead."""
+    name = str(name)
+    if Path(name).expanduser().exists() or not HUB_ID.fullmatch(name) or name.endswith((".json", ".gguf")):
+        return False
+    return "/" not in name or not Path(name.split("/")[0]).is_dir()
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def check_hub_reachable(name: str, timeout: float = 5.0):
+    """One line instead of the hub client's minute of retries when the hub cannot be reached (proxies honoured)."""
+    if hub_offline():
+        return
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/models/{name}", method="HEAD"), timeout=timeout)
+    except urllib.error.HTTPError:
+        return  # the hub answered (a private or missing repo is reported when loading)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot reach the hub ({endpoint}) for {name}: {getattr(e, 'reason', e)}; if it is "
+                        "already downloaded, set HF_HUB_OFFLINE=1 to use the cached copy") from None
 
 
 def local_rank() -> int:
@@ -130,7 +168,8 @@ def load_model(name: str, quantization: str = "none", dtype: torch.dtype | None 
     if quantization == "8bit":  # one log line per int8 matmul otherwise (thousands)
         logging.getLogger("bitsandbytes.autograd._functions").addFilter(
             lambda record: "inputs will be cast" not in record.getMessage())
-    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
+    # sdpa is transformers' own choice where the architecture has it (BLOOM has not: eager then).
+    kwargs = {"dtype": dtype, "attn_implementation": None if attn_implementation == "sdpa" else attn_implementation}
     if quantization != "none":
         kwargs["quantization_config"] = quantization_config(quantization)
         kwargs["device_map"] = {"": local_rank()} if torch.cuda.is_available() else {"": "cpu"}
@@ -168,3 +207,33 @@ def apply_fused_kernels(model):
     apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                 fused_linear_cross_entropy=True, model=model)
     return model
+
+
+def target_modules(name: str, requested=None) -> list[str] | str:
+    """The modules LoRA adapts: those requested (each must exist in the model; `all-linear` is peft's every
+    linear layer but the head), or peft's defaults for the model's architecture. Read from the config alone,
+    on the meta device, before anything is loaded."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if requested == "all-linear" or requested == ["all-linear"]:
+        return "all-linear"
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError):
+        return requested  # loading the model reports it
+    if not requested:
+        if config.model_type not in DEFAULTS:
+            raise UserError(f"peft has no default LoRA modules for model type {config.model_type}; pass "
+                            "--lora_target_modules (module names, or all-linear)")
+        return list(DEFAULTS[config.model_type])
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    present = {module.split(".")[-1] for module, _ in model.named_modules()}
+    missing = [m for m in requested if m not in present]
+    if missing:
+        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if "Linear" in type(m).__name__ or
+                         "Conv1D" in type(m).__name__})
+        raise UserError(f"--lora_target_modules {','.join(missing)}: no such module in {name} "
+                        f"({config.model_type}); its linear modules: {', '.join(linear)}")
+    return list(requested)

@@ -2,8 +2,9 @@
 
 Each record becomes `<s> prompt response </s>`, tokenised in one pass; the prompt's tokens
 are found from the character offsets, so the ids are exactly those that generation sees.
-Labels are -100 on the prompt (unless train_on_inputs) and the ids elsewhere. A record longer
-than cutoff_len is cut, keeping its final EOS so that the model still learns to stop.
+Labels are -100 on the prompt (unless train_on_inputs) and the ids elsewhere. EOS ends a record
+only when the whole record fits in cutoff_len (as alpaca-lora does): a record cut at cutoff_len
+ends without it, so that the model never learns to stop mid-sentence.
 """
 
 from bisect import bisect_left
@@ -33,15 +34,14 @@ def encode_batch(batch: dict, tokenizer, prompter, cutoff_len: int, train_on_inp
         n_prompt = len(bos) + bisect_left(offsets, len(prompt), key=lambda span: span[0])
         ids = bos + ids
         truncated = len(ids) + 1 > cutoff_len
-        ids = ids[: cutoff_len - 1] + [eos]
-        labels = list(ids) if train_on_inputs else [IGNORE] * n_prompt + ids[n_prompt:]
-        labels = labels[: len(ids)]
+        ids = ids[:cutoff_len] if truncated else ids + [eos]
+        labels = list(ids) if train_on_inputs else ([IGNORE] * n_prompt + ids[n_prompt:])[: len(ids)]
         out["input_ids"].append(ids)
         out["labels"].append(labels)
         out["length"].append(len(ids))
         out["truncated"].append(truncated)
-        # Nothing of the response survives the cut: such a record teaches nothing but EOS.
-        out["prompt_too_long"].append(n_prompt >= cutoff_len - 1)
+        # Nothing of the response survives the cut: unless the prompt is learned too, nothing is.
+        out["prompt_too_long"].append(not train_on_inputs and n_prompt >= cutoff_len)
     return out
 
 

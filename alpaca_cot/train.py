@@ -18,7 +18,7 @@ from . import checkpoints
 from . import data as data_registry
 from . import models
 from .checks import check_finetune_flags
-from . import resumable
+from . import recipes, resumable
 from .cli import UserError
 from .io import write_json_atomic
 from .conversation import encode_records
@@ -70,13 +70,15 @@ class CountingCollator:
     learns to predict the next one.
     """
 
-    def __init__(self, tokenizer, *, packing=False, collate=None):
+    def __init__(self, tokenizer, *, packing=False, collate=None, pad_to: int | None = None):
         from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
         if collate is None and packing:
             collate = DataCollatorWithFlattening(return_tensors="pt")
-        self.collate = collate or DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt",
-                                                         padding=True, label_pad_token_id=-100)
+        # pad_to: every record padded to that length, as the 2023 recipe's tokenizer(padding="max_length") did.
+        padding = dict(padding="max_length", max_length=pad_to) if pad_to else dict(padding=True, pad_to_multiple_of=8)
+        self.collate = collate or DataCollatorForSeq2Seq(tokenizer, return_tensors="pt", label_pad_token_id=-100,
+                                                         **padding)
         self.real_tokens = self.padded_tokens = 0
 
     def __call__(self, features):
@@ -161,11 +163,6 @@ def default_gradient_checkpointing(quantization: str) -> bool:
     return quantization == "4bit"
 
 
-def default_output_dir(data, size) -> str:
-    """Where finetune.py saves and generate.py looks, as the 2023 repo named it: saved-cot7b."""
-    return f"saved-{data_registry.name_of(data)}{size}b"
-
-
 def tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_size, seed, train_on_history=True):
     """Train and validation sets of input_ids/labels/length; reports cut and dropped records."""
     from datasets import Dataset
@@ -191,23 +188,50 @@ def tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_
     return dataset.shuffle(seed=seed), None
 
 
+def align_special_tokens(model, tokenizer):
+    """Give the model config the tokenizer's PAD/BOS/EOS ids, as the Trainer would, without its warning."""
+    try:
+        from transformers.trainer_utils import align_special_tokens as align
+    except ImportError:
+        return
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        align(model, tokenizer)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def enable_checkpointing(model):
+    """Gradient checkpointing under the name this transformers has (the old one warns in 5.2x)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+
+
 def lora_model(name, quantization, tokenizer, gradient_checkpointing, lora_r, lora_alpha, lora_dropout,
-               target_modules, fused_kernels=False, attn_implementation="sdpa"):
+               target_modules, fused_kernels=False, attn_implementation="sdpa", upcast_norms=False):
     """The base model, quantized or not, wrapped with a fresh LoRA adapter."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     model = models.load_model(name, quantization, attn_implementation=attn_implementation)
     if fused_kernels:
         models.apply_fused_kernels(model)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise UserError(f"the tokenizer of {name} has {len(tokenizer)} tokens, more than the model's embeddings")
-    # Not peft's prepare_model_for_kbit_training: it upcasts norms, embeddings and the LM head to
-    # fp32, so every activation after a norm becomes fp32 (int8 matmuls then cast it back, and SDPA
-    # leaves its fast kernels). On a 7B shape at micro-batch 16, 8-bit peaked at 94 GiB with the
-    # upcast and 63 without, at the same speed (README, Speed). get_peft_model freezes the base.
+    align_special_tokens(model, tokenizer)
+    # peft's prepare_model_for_kbit_training only with upcast_norms (the 2023 recipe): it upcasts norms,
+    # embeddings and the LM head to fp32, so every activation after a norm becomes fp32 (int8 matmuls
+    # then cast it back, and SDPA leaves its fast kernels), for much more memory at the same speed
+    # (README, Speed). get_peft_model freezes the base either way.
+    if upcast_norms and quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        enable_checkpointing(model)
     model.config.use_cache = False  # training needs no KV cache; packing needs its absence too
     lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
                       bias="none", task_type="CAUSAL_LM")
@@ -225,6 +249,7 @@ def finetune(
     size: int = 7,
     data: str = "cot",
     output_dir: str = None,
+    recipe: str = None,
     quantization: str = "8bit",
     # training
     batch_size: int = 128,
@@ -243,20 +268,22 @@ def finetune(
     gradient_checkpointing: bool = None,
     fused_kernels: bool = None,
     packing: bool = False,
+    pad_to_cutoff: bool = None,
+    upcast_norms: bool = None,
     attn_implementation: str = "sdpa",
     # lora
     lora_r: int = 8,
     lora_alpha: int = 16,
     lora_dropout: float = 0.05,
-    lora_target_modules=("q_proj", "v_proj"),
+    lora_target_modules=None,
     # data and prompt
     prompt_template_name: str = "alpaca",
-    train_on_inputs: bool = False,
+    train_on_inputs: bool = None,
     train_on_history: bool = True,
     max_records_per_source: int = None,
     dedup: str = "none",
     decontaminate: str = None,
-    group_by_length: bool = True,
+    group_by_length: bool = None,
     skip_bad_records: bool = False,
     # run
     resume_from_checkpoint: str = None,
@@ -266,17 +293,22 @@ def finetune(
 ):
     """Fine-tune a LLaMA-family model with LoRA on instruction data and save the adapter.
 
+    Flags left unset take the recipe's values: the default recipe is this project's corrected, fast one;
+    --recipe 2023 is the original Alpaca-CoT finetune.py's (micro-batch 4, gradient checkpointing with fp32
+    norms, every record padded to cutoff_len, loss on prompt and response, no length grouping).
+
     Args:
-        base_model: local folder or hub id of the base model; wins over --size.
+        base_model: local folder, hub id (org/name or gpt2), .gguf file or preset of the base model; wins over --size.
         size: LLaMA size in billions (7, 13, 30 or 65) for huggyllama/llama-{size}b.
         data: dataset names joined by - (alpaca-belle-cot), or .json/.jsonl files, comma-separated.
-        output_dir: where the adapter is saved; saved-{data}{size}b by default.
+        output_dir: where the adapter is saved; saved-{data}{size}b, or saved-{data}-{base name} with --base_model.
+        recipe: default, or 2023 (the original Alpaca-CoT training recipe); explicit flags win.
         quantization: 8bit (the original recipe), 4bit (QLoRA) or none (bf16, fp32 on a CPU).
         batch_size: records per optimizer step, over all processes.
         micro_batch_size: records per forward pass on each GPU; 32 for bf16 with fused kernels, else 16.
         num_epochs: passes over the training data (ignored when --max_steps > 0).
         learning_rate: peak learning rate of the linear schedule.
-        cutoff_len: longest record in tokens; longer ones are cut, keeping their EOS.
+        cutoff_len: longest record in tokens; longer ones are cut, and then end without EOS.
         val_set_size: records held out for evaluation (0: none).
         warmup_steps: optimizer steps of linear warm-up.
         eval_steps: evaluate every this many optimizer steps.
@@ -288,25 +320,34 @@ def finetune(
         gradient_checkpointing: recompute activations to save memory; on for 4bit only by default.
         fused_kernels: Liger's fused Triton kernels; on by default on a GPU with liger-kernel.
         packing: put each micro-batch's records in one row without padding.
+        pad_to_cutoff: pad every record to --cutoff_len, as the 2023 recipe did (off: each batch to its longest).
+        upcast_norms: peft's prepare_model_for_kbit_training: fp32 norms, embeddings and head around a quantized
+            base, as the 2023 recipe did (off by default: far more memory at the same speed).
         attn_implementation: sdpa, eager, flex_attention or flash_attention_2.
         lora_r: rank of the LoRA matrices.
         lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
         lora_dropout: dropout on the LoRA input, in [0, 1).
-        lora_target_modules: modules that get an adapter, comma-separated.
+        lora_target_modules: modules that get an adapter, comma-separated, or all-linear; peft's defaults for
+            the model's architecture when unset (q_proj,v_proj for LLaMA, query_key_value for BLOOM).
         prompt_template_name: a template in templates/ (alpaca).
-        train_on_inputs: also train on the prompt, not only on the response.
+        train_on_inputs: also train on the prompt, not only on the response (on with --recipe 2023).
         train_on_history: in multi-turn records, learn every assistant turn; False: only the last one.
         max_records_per_source: draw at most this many records from each --data source (with --seed).
         dedup: remove repeated prompts within and across sources: none (as given), exact or near (MinHash).
         decontaminate: evaluation files (.json/.jsonl, comma-separated) whose rows are removed from the data.
-        group_by_length: batch records of similar length together (less padding).
+        group_by_length: batch records of similar length together (on; off with --recipe 2023).
         skip_bad_records: skip and count malformed records instead of stopping.
         resume_from_checkpoint: auto (the last checkpoint in output_dir) or a checkpoint folder.
         overwrite: replace an adapter already saved in output_dir.
         report_to: none, auto (tensorboard if installed), or an installed tracker such as wandb.
         local_rank: set by torch.distributed.launch; the LOCAL_RANK variable is what counts.
     """
-    check_finetune_flags(**locals())
+    flags = recipes.apply(recipe, "finetune", locals())
+    (micro_batch_size, gradient_checkpointing, fused_kernels, train_on_inputs, group_by_length, pad_to_cutoff,
+     upcast_norms, lora_target_modules) = (flags[k] for k in (
+        "micro_batch_size", "gradient_checkpointing", "fused_kernels", "train_on_inputs", "group_by_length",
+        "pad_to_cutoff", "upcast_norms", "lora_target_modules"))
+    check_finetune_flags(**flags)
     started = time.time()
     # Everything is checked before a model is loaded.
     name = models.base_model_name(size, base_model)
@@ -326,7 +367,9 @@ def finetune(
         raise UserError(f"--batch_size {batch_size} must be a multiple of --micro_batch_size {micro_batch_size}"
                         f" x {world} processes")
     accumulation = batch_size // (micro_batch_size * world)
-    output_dir = Path(output_dir or default_output_dir(data, size))
+    if packing and pad_to_cutoff:
+        raise UserError("--packing and --pad_to_cutoff exclude each other: packing pads nothing")
+    output_dir = Path(output_dir or checkpoints.default_output_dir(data, size, base_model))
     if resume_from_checkpoint not in (None, False, "auto", True) and not Path(str(resume_from_checkpoint)).is_dir():
         raise UserError(f"--resume_from_checkpoint {resume_from_checkpoint} is not a folder")
     checkpoints.check_writable(output_dir)
@@ -341,9 +384,9 @@ def finetune(
     n_records = len(columns["output"])
     if val_set_size >= n_records:
         raise UserError(f"--val_set_size {val_set_size} leaves no training data ({n_records} records); lower it")
-    target_modules = _as_list(lora_target_modules)
+    target_modules = models.target_modules(name, _as_list(lora_target_modules) if lora_target_modules else None)
 
-    config = dict(base_model=name, data=data, files=[str(p) for p in files],
+    config = dict(base_model=name, data=data, recipe=recipe or "default", files=[str(p) for p in files],
                   output_dir=str(output_dir), quantization=quantization, batch_size=batch_size,
                   micro_batch_size=micro_batch_size, gradient_accumulation_steps=accumulation, world_size=world,
                   num_epochs=num_epochs, max_steps=max_steps, learning_rate=learning_rate, cutoff_len=cutoff_len,
@@ -353,7 +396,7 @@ def finetune(
                   max_records_per_source=max_records_per_source, decontaminate=decontaminate,
                   group_by_length=group_by_length,
                   gradient_checkpointing=gradient_checkpointing, fused_kernels=fused_kernels, packing=packing,
-                  attn_implementation=attn_implementation,
+                  pad_to_cutoff=pad_to_cutoff, upcast_norms=upcast_norms, attn_implementation=attn_implementation,
                   resume_from_checkpoint=resume_from_checkpoint, warmup_steps=warmup_steps,
                   skip_bad_records=skip_bad_records, seed=seed, records=n_records)
     log("alpaca-cot finetune\n" + json.dumps(config, indent=2, ensure_ascii=False))
@@ -370,7 +413,7 @@ def finetune(
 
     set_seed(seed)  # before the adapter's random initialisation, so that --seed reproduces a run
     model = lora_model(name, quantization, tokenizer, gradient_checkpointing, lora_r, lora_alpha, lora_dropout,
-                       target_modules, fused_kernels, attn_implementation)
+                       target_modules, fused_kernels, attn_implementation, upcast_norms)
 
     use_cuda = torch.cuda.is_available()
     dtype = models.compute_dtype(quantization)
@@ -405,7 +448,7 @@ def finetune(
         remove_unused_columns=True,
         label_names=["labels"],
     )
-    collator = CountingCollator(tokenizer, packing=packing)
+    collator = CountingCollator(tokenizer, packing=packing, pad_to=cutoff_len if pad_to_cutoff else None)
     speed = throughput_callback(collator, warmup_steps=min(5, max(1, (max_steps if max_steps > 0 else 50) // 5)))
     trainer = resumable.trainer_class()(model=model, args=args, train_dataset=train_data, eval_dataset=val_data,
                                         data_collator=collator, processing_class=tokenizer,

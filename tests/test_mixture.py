@@ -122,3 +122,8 @@ def test_decontaminate_file_errors(data_dir, tmp_path):
     bad.write_text('{"instruction": "ok"}\n{"answer": "no question"}\n')
     with pytest.raises(UserError, match=r"bad.jsonl: line 2: field 'instruction' \(or 'question'\) is missing"):
         load("alpaca", data_dir, decontaminate=str(bad))
+
+
+def test_output_folder_names_drop_mixture_specs():
+    assert data.name_of("alpaca:2000,cot:0.5") == "alpaca-cot"
+    assert data.name_of("data/mine.jsonl:100,belle") == "mine-belle"

@@ -35,11 +35,11 @@ def test_train_on_inputs_learns_everything(llama_tokenizer):
     assert out["labels"][0] == out["input_ids"][0]
 
 
-def test_truncation_keeps_eos_in_labels(llama_tokenizer):
+def test_truncated_record_ends_without_eos(llama_tokenizer):
     rec = {"instruction": "Repeat.", "input": "", "output": "word " * 400}
     out = encode(llama_tokenizer, [rec], cutoff_len=64)
     ids, labels = out["input_ids"][0], out["labels"][0]
-    assert len(ids) == 64 and ids[-1] == 2 and labels[-1] == 2
+    assert len(ids) == 64 and 2 not in ids and labels[-1] == ids[-1] != 2
     assert out["truncated"][0] is True and out["prompt_too_long"][0] is False
 
 
