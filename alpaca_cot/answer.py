@@ -143,8 +143,8 @@ def serve(gen: Generator, server_name, server_port, share, auth: tuple[str, str]
                  title="alpaca-cot").launch(server_name=server_name, server_port=server_port, share=share, auth=auth)
 
 
-# Measured on an H200 (README, Speed): compiling costs about 28 s per batch shape and then saves about
-# 2.8 s per batch of 128 new tokens; below this many decoded steps it does not pay back.
+# Compiling costs tens of seconds per batch shape and then saves seconds per batch; below this many
+# decoded steps it did not pay back in the measurements of benchmarks/README.md.
 COMPILE_PAYS_AFTER_STEPS = 4096
 
 

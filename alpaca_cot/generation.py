@@ -94,7 +94,7 @@ PAD_MULTIPLE = 64
 class Generator:
     """merge (default: on for 16/32-bit) folds the adapter into the weights, which is faster and
     exact up to rounding; compile decodes with a static KV cache that transformers compiles, which
-    costs a compilation per new shape and then runs about 3x faster (README, Speed)."""
+    costs a compilation per new shape and then runs faster (benchmarks/README.md)."""
 
     def __init__(self, base_model: str, lora_weights: str | None, quantization: str = "none",
                  prompt_template_name: str = "alpaca", merge: bool | None = None, compile: bool = False):

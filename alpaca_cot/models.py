@@ -185,7 +185,7 @@ def load_model(name: str, quantization: str = "none", dtype: torch.dtype | None 
 def use_fused_kernels(requested=None) -> bool:
     """Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) for LLaMA on a GPU:
     by default on where liger-kernel is installed (faster and smaller at every precision, measured in
-    one run: README, Speed); an error if asked for where they cannot run."""
+    one run: benchmarks/README.md); an error if asked for where they cannot run."""
     try:
         import liger_kernel  # noqa: F401
         installed = True

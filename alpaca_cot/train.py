@@ -151,15 +151,14 @@ def throughput_callback(collator: CountingCollator, warmup_steps: int):
 
 
 def default_micro_batch_size(quantization: str, fused_kernels: bool) -> int:
-    """Measured on a 7B shape (README, Speed): bf16 with fused kernels fits 32 records of up to 512
-    tokens in 71 GiB and runs 30% faster than at 16; without them 32 needs 95 GiB."""
+    """bf16 with fused kernels fits 32 records of up to 512 tokens of a 7B shape on an 80 GB card and
+    runs faster than at 16; without them 32 does not fit (benchmarks/README.md)."""
     return 32 if quantization == "none" and fused_kernels else 16
 
 
 def default_gradient_checkpointing(quantization: str) -> bool:
-    """On for 4-bit, whose users pick it to fit a small GPU: on a 7B shape it peaks at 7.0 GiB with
-    checkpointing (7,022 tokens/s) against 33 GiB without (10,460). Off otherwise: it costs a third
-    of the speed, and 16-bit and 8-bit need a large card either way."""
+    """On for 4-bit, whose users pick it to fit a small GPU (a fraction of the memory, at a third less
+    speed: benchmarks/README.md). Off otherwise: 16-bit and 8-bit need a large card either way."""
     return quantization == "4bit"
 
 
@@ -227,7 +226,7 @@ def lora_model(name, quantization, tokenizer, gradient_checkpointing, lora_r, lo
     # peft's prepare_model_for_kbit_training only with upcast_norms (the 2023 recipe): it upcasts norms,
     # embeddings and the LM head to fp32, so every activation after a norm becomes fp32 (int8 matmuls
     # then cast it back, and SDPA leaves its fast kernels), for much more memory at the same speed
-    # (README, Speed). get_peft_model freezes the base either way.
+    # (benchmarks/README.md). get_peft_model freezes the base either way.
     if upcast_norms and quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if gradient_checkpointing:
@@ -405,7 +404,7 @@ def finetune(
 
     if packing and attn_implementation in ("sdpa", "eager") and torch.cuda.is_available():
         log("note: with --packing, sdpa and eager attend over the whole packed row through a mask; on an H200 "
-            "that trained 2.3x slower than padding (README, Speed); flash_attention_2 attends per record")
+            "that trained slower than padding (benchmarks/README.md); flash_attention_2 attends per record")
     train_data, val_data = tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_size, seed,
                                     train_on_history)
 
