@@ -33,7 +33,7 @@ def answers(base: str, adapter, max_new_tokens: int) -> list[str]:
 
 
 def main(base_model: str = "smollm2-135m", output_dir: str = "saved-demo", num_epochs: float = 3,
-         learning_rate: float = 1e-3, max_new_tokens: int = 96, threads: int = 0):
+         learning_rate: float = 3e-4, max_new_tokens: int = 96, threads: int = 0):
     """Show a real model's answers before and after a short LoRA tuning on data/demo.json.
 
     Args:
