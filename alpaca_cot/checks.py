@@ -6,7 +6,7 @@ checks DECODING_RULES; each failure is a one-line `UserError` naming the flag an
 
 import importlib.util
 
-from .cli import UserError
+from .cli import UserError, as_list
 from .prompter import Prompter
 
 
@@ -59,8 +59,7 @@ def check_report_to(report_to):
     """none, auto (tensorboard if installed), all, or installed trackers, comma-separated."""
     if report_to is None:
         return
-    names = report_to.split(",") if isinstance(report_to, str) else list(report_to)
-    for name in (str(n).strip() for n in names):
+    for name in as_list(report_to):
         if name in ("none", "auto", "all"):
             continue
         if name not in TRACKERS:

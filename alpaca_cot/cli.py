@@ -96,6 +96,13 @@ def exit_on_interrupt(fn):
     return wrapped
 
 
+def as_list(value) -> list[str]:
+    """A comma-separated flag as a list: the command line hands over "a,b" as a tuple, Python callers
+    as a string or a list; blanks and surrounding brackets or quotes are dropped."""
+    items = value if isinstance(value, (list, tuple)) else str(value).strip("[]").split(",")
+    return [str(i).strip().strip("'\"").strip() for i in items if str(i).strip().strip("'\"").strip()]
+
+
 def signature_only(module: str, name: str):
     """A function with the signature and docstring of module.name, without importing module.
 

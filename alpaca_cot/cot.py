@@ -2,7 +2,7 @@
 
 Each FLAN CoT training set is a TSV of `question<TAB>answer<TAB>chain_of_thought` rows.
 Every row is rendered with one of its dataset's FLAN zero-shot templates
-(templates/flan_cot.json), chosen at random from a seeded RNG.
+(data/flan_cot_templates.json), chosen at random from a seeded RNG.
 
 Two ways to read the TSVs:
 - "original": exactly what Alpaca-CoT's formating.py did, `csv.reader(f, delimiter='\\t')`.
@@ -25,7 +25,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from alpaca_cot import TEMPLATES_DIR
+from alpaca_cot import DATA_DIR
 from alpaca_cot.cli import UserError
 
 DATASETS = ("aqua", "creak", "ecqa", "esnli", "gsm8k", "qasc", "qed", "sensemaking", "strategyqa")
@@ -40,7 +40,7 @@ FLAN_URL = (
 _ESCAPED_NEWLINE = re.compile(r"\\\\?n")
 
 
-def load_templates(path=TEMPLATES_DIR / "flan_cot.json"):
+def load_templates(path=DATA_DIR / "flan_cot_templates.json"):
     """{dataset: [(input_template, target_template), ...]}"""
     with open(path, encoding="utf-8") as f:
         datasets = json.load(f)["datasets"]

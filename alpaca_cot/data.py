@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import DATA_DIR
 from .catalog import registry
-from .cli import UserError
+from .cli import UserError, as_list
 
 REGISTRY = registry()
 
@@ -45,8 +45,7 @@ def resolve(data, data_dir: Path = DATA_DIR) -> list[Path]:
 
 def resolve_specs(data, data_dir: Path = DATA_DIR) -> list[tuple[Path, int | float | None]]:
     """The files --data names, each with its count or weight (None: all records), in order, each once."""
-    items = list(data) if isinstance(data, (list, tuple)) else str(data).split(",")
-    items = [str(i).strip() for i in items if str(i).strip()]
+    items = as_list(data)
     if not items:
         raise UserError("--data is empty; name a dataset (" + ", ".join(REGISTRY) + ") or a .json/.jsonl file")
     paths = []
@@ -86,8 +85,7 @@ def check_readable(path: Path, what: str):
 def name_of(data) -> str:
     """A short name for output folders: `alpaca-cot` stays, paths become their stem, and mixture
     specs (`alpaca:2000`) drop their count or weight."""
-    items = list(data) if isinstance(data, (list, tuple)) else str(data).split(",")
-    names = [split_spec(str(i).strip())[0] for i in items]
+    names = [split_spec(i)[0] for i in as_list(data)]
     return "-".join(Path(n).stem if _is_path(n) else n for n in names)
 
 

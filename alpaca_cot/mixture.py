@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 from . import DATA_DIR, data, dedup
-from .cli import UserError
+from .cli import UserError, as_list
 
 DEDUP = ("none", "exact", "near")
 
@@ -29,10 +29,8 @@ def draw(records: list, spec, cap: int | None, rng: random.Random) -> list:
 
 def eval_keys(files) -> list[str]:
     """The normalised prompts of every row of the evaluation files (instruction or question, and input)."""
-    if isinstance(files, str):
-        files = files.split(",")
     keys = []
-    for file in (str(f).strip() for f in files or () if str(f).strip()):
+    for file in as_list(files or ()):
         path = Path(file).expanduser()
         data.check_readable(path, "--decontaminate file")
         for place, raw in data._parse(path):

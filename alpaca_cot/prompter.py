@@ -10,14 +10,24 @@ from . import TEMPLATES_DIR
 from .cli import UserError
 
 
+# What every template holds: the prompt with and without an input, with {instruction} (and {input}).
+REQUIRED = ("prompt_input", "prompt_no_input")
+
+
 class Prompter:
     def __init__(self, template_name: str = "alpaca"):
         path = TEMPLATES_DIR / f"{template_name}.json"
         if not path.is_file():
-            known = sorted(p.stem for p in TEMPLATES_DIR.glob("*.json") if p.stem != "flan_cot")
+            known = sorted(p.stem for p in TEMPLATES_DIR.glob("*.json"))
             raise UserError(f"unknown prompt template {template_name!r} ({path} not found); known: {', '.join(known)}")
         self.name = template_name
-        self.template = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            self.template = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e.msg}; line {e.lineno})") from None
+        missing = [k for k in REQUIRED if not isinstance(self.template.get(k), str)]
+        if missing:
+            raise UserError(f"{path}: prompt template without {', '.join(repr(k) for k in missing)}")
 
     def prompt(self, instruction: str, input: str = "") -> str:
         """The text the model sees before its response."""

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from alpaca_cot import ROOT, cot  # noqa: E402
-from alpaca_cot.cli import UserError, run  # noqa: E402
+from alpaca_cot.cli import UserError, as_list, run  # noqa: E402
 
 LORA_FLOPS_PER_TOKEN_PER_PARAM = 4  # forward 2N + input gradients 2N; frozen weights get no gradient
 
@@ -82,7 +82,8 @@ def legacy_2023(model: str, data: str, steps: int = 12, out: str = "legacy.json"
     from alpaca_cot import data as registry, models
     from alpaca_cot.preprocess import encode_batch
     from alpaca_cot.prompter import Prompter
-    from alpaca_cot.train import CountingCollator, _training_args, throughput_callback
+    from alpaca_cot.throughput import CountingCollator, throughput_callback
+    from alpaca_cot.trainer import _training_args
 
     tokenizer = models.load_tokenizer(model)
     dataset = Dataset.from_dict(registry.load(data)).shuffle(seed=0).select(range(steps * 4 + 64))
@@ -119,9 +120,7 @@ def capped(cap_gib: float, script: str, *args):
 
 
 def names(value) -> list[str]:
-    """fire hands over "a,b" as a tuple or a string, depending on what the words look like."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [str(i).strip() for i in items if str(i).strip()]
+    return as_list(value)
 
 
 def sync():

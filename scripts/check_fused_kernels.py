@@ -21,7 +21,7 @@ from alpaca_cot import data, models, tiny  # noqa: E402
 from alpaca_cot.cli import UserError, run  # noqa: E402
 from alpaca_cot.preprocess import encode_batch  # noqa: E402
 from alpaca_cot.prompter import Prompter  # noqa: E402
-from alpaca_cot.train import CountingCollator  # noqa: E402
+from alpaca_cot.throughput import CountingCollator  # noqa: E402
 
 
 def loss_and_grads(model_dir, batch, fused: bool, num_items=None):

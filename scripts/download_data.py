@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alpaca_cot import DATA_DIR  # noqa: E402
-from alpaca_cot.cli import UserError, run  # noqa: E402
+from alpaca_cot.cli import UserError, as_list, run  # noqa: E402
 from alpaca_cot.convert import convert  # noqa: E402
 from alpaca_cot.data import REGISTRY, _check  # noqa: E402
 from alpaca_cot.io import write_json_atomic  # noqa: E402
@@ -79,8 +79,7 @@ def main(name, out=None, src=None):
         out: where the JSON list is written (one name only); the dataset's file in data/ by default.
         src: for cot, a folder of FLAN <name>_train.tsv files instead of downloading them.
     """
-    names = [n.strip() for part in (name if isinstance(name, (list, tuple)) else [name])
-             for n in str(part).replace("-", ",").split(",") if n.strip()]
+    names = [n for part in as_list(name) for n in as_list(part.replace("-", ","))]
     known = [n for n in REGISTRY if n != "demo"]
     for n in names:
         if n not in known:

@@ -21,16 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tqdm import tqdm  # noqa: E402
 
 from alpaca_cot import DATA_DIR, cot  # noqa: E402
-from alpaca_cot.cli import UserError, run  # noqa: E402
+from alpaca_cot.cli import UserError, as_list, run  # noqa: E402
 from alpaca_cot.io import atomic_open, write_json_atomic  # noqa: E402
 
 
 def parse_datasets(datasets):
     if datasets == "all":
         return list(cot.DATASETS)
-    # fire turns "aqua,creak" into a tuple already; a single name stays a string
-    names = datasets.split(",") if isinstance(datasets, str) else list(datasets)
-    names = [str(n).strip() for n in names if str(n).strip()]
+    names = as_list(datasets)
     unknown = [n for n in names if n not in cot.DATASETS]
     if unknown or not names:
         raise UserError(f"unknown dataset(s) {unknown or names}: choose from {', '.join(cot.DATASETS)}")

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alpaca_cot import DATA_DIR, data, models, report, study  # noqa: E402
-from alpaca_cot.cli import UserError, run  # noqa: E402
+from alpaca_cot.cli import UserError, as_list, run  # noqa: E402
 from alpaca_cot.io import write_json_atomic  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str =
         eval_batch_size: prompts answered together
         seed: seeds the held-out draw, the training draw and training
     """
-    mixes = [m.strip() for m in (mixes.split(",") if isinstance(mixes, str) else mixes)]
+    mixes = as_list(mixes)
     unknown = [m for m in mixes if any(s not in study.SOURCES for s in m.split("-"))]
     if unknown or not mixes:
         raise UserError(f"--mixes: unknown mix {unknown or mixes}; mixes join {', '.join(study.SOURCES)} with '-'")
@@ -85,8 +85,7 @@ def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str =
     training = dict(quantization=quantization, num_epochs=num_epochs, batch_size=batch_size,
                     micro_batch_size=micro_batch_size, learning_rate=learning_rate, warmup_steps=warmup_steps,
                     cutoff_len=cutoff_len, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                    lora_target_modules=",".join(lora_target_modules) if isinstance(lora_target_modules, (list, tuple))
-                    else lora_target_modules, val_set_size=0, seed=seed, save_steps=50,
+                    lora_target_modules=",".join(as_list(lora_target_modules)), val_set_size=0, seed=seed, save_steps=50,
                     logging_steps=10)
     config = dict(base_model=base_model, sources=sources, records_per_source=records_per_source,
                   cot_eval_per_dataset=cot_eval_per_dataset, chinese_eval=chinese_eval, belle_eval=belle_eval_records,

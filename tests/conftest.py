@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data in ../shared, a tiny LLaMA with the real tokenizer, offline hub."""
+"""Shared fixtures and helpers: the real data in ../shared, a tiny LLaMA with the real tokenizer, offline hub,
+and the small training run and loss helpers several test files use."""
 
 import json
 import os
@@ -17,6 +18,43 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+def small_run(base, data, out, **overrides):
+    flags = dict(base_model=str(base), data=str(data), output_dir=str(out), quantization="none", batch_size=8,
+                 micro_batch_size=4, max_steps=30, learning_rate=5e-3, cutoff_len=256, val_set_size=0,
+                 warmup_steps=2, save_steps=1000, logging_steps=5, report_to="none", lora_target_modules=ALL_LINEAR)
+    flags.update(overrides)
+    from alpaca_cot.train import finetune
+
+    return finetune(**flags)
+
+
+def mean_loss(model, tokenizer, records):
+    import torch
+
+    from alpaca_cot.preprocess import encode_batch
+    from alpaca_cot.prompter import Prompter
+
+    batch = {k: [r[k] for r in records] for k in ("instruction", "input", "output")}
+    enc = encode_batch(batch, tokenizer, Prompter("alpaca"), cutoff_len=256)
+    losses = []
+    with torch.no_grad():
+        for ids, labels in zip(enc["input_ids"], enc["labels"]):
+            out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+            losses.append(out.loss.item())
+    return sum(losses) / len(losses)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session", autouse=True)

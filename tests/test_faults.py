@@ -343,7 +343,7 @@ def test_truncated_adapter_fails_before_the_base_loads(reference, tmp_path, monk
 
 
 def test_speed_summary_without_a_measured_step():
-    from alpaca_cot.train import throughput_callback
+    from alpaca_cot.throughput import throughput_callback
 
     collator = SimpleNamespace(real_tokens=0, padded_tokens=0)
     speed = throughput_callback(collator, warmup_steps=1)

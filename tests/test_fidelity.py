@@ -16,7 +16,8 @@ from alpaca_cot.cli import UserError
 from alpaca_cot.generation import decoding_kwargs, is_hub_adapter, load_adapter, tokenizer_source
 from alpaca_cot.preprocess import IGNORE, _bos, encode_batch, encode_prompt
 from alpaca_cot.prompter import Prompter
-from alpaca_cot.train import CountingCollator, finetune, write_summary
+from alpaca_cot.throughput import CountingCollator
+from alpaca_cot.train import finetune, write_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,7 +139,7 @@ def test_length_column_reaches_the_sampler_unmeasured(tiny_llama, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     from alpaca_cot import resumable
-    from alpaca_cot.train import _training_args
+    from alpaca_cot.trainer import _training_args
 
     def measured(*a, **k):
         raise AssertionError("the Trainer measured the rows itself")

@@ -10,31 +10,9 @@ import torch
 
 from alpaca_cot.cli import UserError
 from alpaca_cot.train import finetune
+from conftest import ALL_LINEAR, free_port, mean_loss, small_run
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-
-
-def small_run(base, data, out, **overrides):
-    flags = dict(base_model=str(base), data=str(data), output_dir=str(out), quantization="none", batch_size=8,
-                 micro_batch_size=4, max_steps=30, learning_rate=5e-3, cutoff_len=256, val_set_size=0,
-                 warmup_steps=2, save_steps=1000, logging_steps=5, report_to="none", lora_target_modules=ALL_LINEAR)
-    flags.update(overrides)
-    return finetune(**flags)
-
-
-def mean_loss(model, tokenizer, records):
-    from alpaca_cot.preprocess import encode_batch
-    from alpaca_cot.prompter import Prompter
-
-    batch = {k: [r[k] for r in records] for k in ("instruction", "input", "output")}
-    enc = encode_batch(batch, tokenizer, Prompter("alpaca"), cutoff_len=256)
-    losses = []
-    with torch.no_grad():
-        for ids, labels in zip(enc["input_ids"], enc["labels"]):
-            out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
-            losses.append(out.loss.item())
-    return sum(losses) / len(losses)
 
 
 def logits(model, tokenizer):
@@ -129,14 +107,6 @@ def run_cli(*args, env=None, cwd=ROOT):
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_torchrun_and_distributed_launch_on_gloo(tmp_path, tiny_llama, train_file):
     common = ["finetune.py", "--base_model", str(tiny_llama), "--data", str(train_file), "--quantization", "none",
               "--batch_size", "8", "--micro_batch_size", "2", "--max_steps", "3", "--val_set_size", "0",
@@ -211,7 +181,7 @@ def test_same_seed_same_adapter(tmp_path, tiny_llama, train_file):
 def test_throughput_leaves_evaluation_out():
     from types import SimpleNamespace
 
-    from alpaca_cot.train import throughput_callback
+    from alpaca_cot.throughput import throughput_callback
 
     collator = SimpleNamespace(real_tokens=0, padded_tokens=0)
     speed = throughput_callback(collator, warmup_steps=1)
@@ -233,7 +203,7 @@ def test_throughput_leaves_evaluation_out():
 
 
 def _sum_on_rank(rank, init_file, results):
-    from alpaca_cot.train import all_ranks_sum
+    from alpaca_cot.throughput import all_ranks_sum
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     results[rank] = all_ranks_sum([rank + 1, 10 * (rank + 1)])

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from alpaca_cot import ROOT, TEMPLATES_DIR, cot
+from alpaca_cot import DATA_DIR, ROOT, cot
 from alpaca_cot.cli import UserError
 
 SCRIPT = ROOT / "scripts" / "format_cot.py"
@@ -112,7 +112,7 @@ def test_clean_style_text(tsv_dir, templates):
 
 
 def test_template_file_matches_flan(shared_dir):
-    ours = json.loads((TEMPLATES_DIR / "flan_cot.json").read_text(encoding="utf-8"))
+    ours = json.loads((DATA_DIR / "flan_cot_templates.json").read_text(encoding="utf-8"))
     flan = json.loads((shared_dir / "data" / "flan_cot_templates.json").read_text(encoding="utf-8"))
     assert ours["datasets"] == flan
     assert list(ours["datasets"]) == list(flan) == list(cot.DATASETS)

@@ -24,9 +24,9 @@ from alpaca_cot import answer as answering
 from alpaca_cot.cli import UserError
 from alpaca_cot.generation import COT_TRIGGER, Generator, decoding_kwargs, with_cot
 from alpaca_cot.train import finetune
+from conftest import ALL_LINEAR
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 GREEDY = decoding_kwargs(max_new_tokens=8)
 SAMPLING = decoding_kwargs(max_new_tokens=8, temperature=0.8, top_p=0.9)
 # Inputs that a command line parser could take for Python literals (a tuple, a list, None).

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from alpaca_cot import ROOT
-from test_finetune import free_port
+from conftest import free_port
 
 
 @pytest.mark.parametrize("launcher", ["torch.distributed.run", "torch.distributed.launch"])

@@ -9,9 +9,10 @@ import torch
 from alpaca_cot import models
 from alpaca_cot.preprocess import encode_batch
 from alpaca_cot.prompter import Prompter
-from alpaca_cot.train import CountingCollator, lora_model
+from alpaca_cot.lora import lora_model
+from alpaca_cot.throughput import CountingCollator
 
-from test_finetune import ALL_LINEAR, mean_loss, small_run
+from conftest import ALL_LINEAR, mean_loss, small_run
 
 
 def loss_and_grads(model, batch):

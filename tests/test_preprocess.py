@@ -1,5 +1,7 @@
 """Prompt masking, EOS and truncation on real LLaMA token ids."""
 
+import pytest
+
 from alpaca_cot.preprocess import IGNORE, encode_batch, encode_prompt, prompt_overhead
 from alpaca_cot.prompter import Prompter
 
@@ -70,3 +72,15 @@ def test_input_and_chinese_records(llama_tokenizer, shared_dir):
 def test_prompt_overhead_counts_template_tokens(llama_tokenizer):
     overhead = prompt_overhead(llama_tokenizer, PROMPTER)
     assert 30 < overhead < 60
+
+
+def test_a_template_without_its_keys_is_one_line(tmp_path, monkeypatch):
+    from alpaca_cot import prompter
+    from alpaca_cot.cli import UserError
+
+    (tmp_path / "broken.json").write_text('{"prompt_input": "{instruction} {input}"}', encoding="utf-8")
+    monkeypatch.setattr(prompter, "TEMPLATES_DIR", tmp_path)
+    with pytest.raises(UserError, match=r"broken.json: prompt template without 'prompt_no_input'"):
+        prompter.Prompter("broken")
+    with pytest.raises(UserError, match=r"unknown prompt template 'flan_cot'"):
+        prompter.Prompter("flan_cot")

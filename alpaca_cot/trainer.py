@@ -1,0 +1,68 @@
+"""The Hugging Face Trainer over a fresh LoRA model: arguments, collator, speed callback, resumable sampler."""
+
+import inspect
+from types import SimpleNamespace
+
+import torch
+
+from . import models, resumable
+from .lora import lora_model
+from .throughput import CountingCollator, throughput_callback
+
+
+def _training_args(**kwargs):
+    """TrainingArguments across transformers 5.x: group_by_length became train_sampling_strategy."""
+    from transformers import TrainingArguments
+
+    params = inspect.signature(TrainingArguments.__init__).parameters
+    group = kwargs.pop("group_by_length")
+    if "train_sampling_strategy" in params:
+        kwargs["train_sampling_strategy"] = "group_by_length" if group else "random"
+    else:
+        kwargs["group_by_length"] = group
+    return TrainingArguments(**{k: v for k, v in kwargs.items() if k in params})
+
+
+def _report_to(report_to):
+    if report_to != "auto":
+        return report_to
+    try:
+        import tensorboard  # noqa: F401
+        return "tensorboard"
+    except ImportError:
+        return "none"
+
+
+def build_trainer(run: SimpleNamespace):
+    """The LoRA model and a Trainer over it, with the token-counting collator and the speed callback."""
+    from transformers import set_seed
+
+    f = run.flags
+    set_seed(f.seed)  # before the adapter's random initialisation, so that --seed reproduces a run
+    model = lora_model(f.name, f.quantization, run.tokenizer, f.gradient_checkpointing, f.lora_r, f.lora_alpha,
+                       f.lora_dropout, f.target_modules, f.fused_kernels, f.attn_implementation, f.upcast_norms)
+    collator = CountingCollator(run.tokenizer, packing=f.packing, pad_to=f.cutoff_len if f.pad_to_cutoff else None)
+    speed = throughput_callback(collator, warmup_steps=min(5, max(1, (f.max_steps if f.max_steps > 0 else 50) // 5)))
+    trainer = resumable.trainer_class()(model=model, args=training_args(f, evaluate=run.val_data is not None),
+                                        train_dataset=run.train_data, eval_dataset=run.val_data,
+                                        data_collator=collator, processing_class=run.tokenizer,
+                                        callbacks=[speed, resumable.log_at_saves_callback()])
+    return trainer, speed
+
+
+def training_args(f: SimpleNamespace, evaluate: bool):
+    use_cuda = torch.cuda.is_available()
+    dtype = models.compute_dtype(f.quantization)
+    return _training_args(
+        output_dir=str(f.output_dir), per_device_train_batch_size=f.micro_batch_size,
+        per_device_eval_batch_size=f.micro_batch_size, gradient_accumulation_steps=f.accumulation,
+        num_train_epochs=f.num_epochs, max_steps=f.max_steps, learning_rate=f.learning_rate,
+        warmup_steps=f.warmup_steps, bf16=use_cuda and dtype == torch.bfloat16,
+        fp16=use_cuda and dtype == torch.float16, use_cpu=not use_cuda, logging_steps=f.logging_steps,
+        optim="adamw_torch", eval_strategy="steps" if evaluate else "no",
+        eval_steps=f.eval_steps if evaluate else None, save_strategy="steps", save_steps=f.save_steps,
+        save_total_limit=f.save_total_limit, load_best_model_at_end=evaluate and f.save_steps % f.eval_steps == 0,
+        ddp_find_unused_parameters=False if f.world > 1 else None,
+        ddp_backend="gloo" if f.world > 1 and not use_cuda else None, group_by_length=f.group_by_length,
+        length_column_name="length", report_to=_report_to(f.report_to), seed=f.seed, data_seed=f.seed,
+        remove_unused_columns=True, label_names=["labels"])
