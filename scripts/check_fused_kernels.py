@@ -9,19 +9,15 @@ pipeline, and compares loss and gradients with and without the kernels, in train
 the `num_items_in_batch` normalisation the Trainer uses under gradient accumulation.
 """
 
-import sys
 import tempfile
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from alpaca_cot import data, models, tiny  # noqa: E402
-from alpaca_cot.cli import UserError, run  # noqa: E402
-from alpaca_cot.preprocess import encode_batch  # noqa: E402
-from alpaca_cot.prompter import Prompter  # noqa: E402
-from alpaca_cot.throughput import CountingCollator  # noqa: E402
+from alpaca_cot import data, models, tiny
+from alpaca_cot.cli import UserError, run
+from alpaca_cot.preprocess import encode_batch
+from alpaca_cot.prompter import Prompter
+from alpaca_cot.throughput import CountingCollator
 
 
 def loss_and_grads(model_dir, batch, fused: bool, num_items=None):

@@ -7,14 +7,11 @@ unverified carries a `?`. With --base_model, every entry whose file is in data/ 
 token lengths (p50 / p90 / max, BOS and EOS included, as scripts/data_stats.py counts them).
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from alpaca_cot import DATA_DIR  # noqa: E402
-from alpaca_cot.catalog import load_catalog  # noqa: E402
-from alpaca_cot.cli import run  # noqa: E402
+from alpaca_cot import DATA_DIR
+from alpaca_cot.catalog import load_catalog
+from alpaca_cot.cli import run
 
 
 def _mark(entry: dict, field: str, text: str) -> str:

@@ -9,16 +9,13 @@ Records, tokenizer and prompt go through the same code as finetune.py, so the le
 
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from alpaca_cot import data as data_registry  # noqa: E402
-from alpaca_cot import models  # noqa: E402
-from alpaca_cot.cli import UserError, run  # noqa: E402
-from alpaca_cot.io import write_json_atomic  # noqa: E402
-from alpaca_cot.prompter import Prompter  # noqa: E402
-from alpaca_cot.stats import length_stats  # noqa: E402
+from alpaca_cot import data as data_registry
+from alpaca_cot import models
+from alpaca_cot.cli import UserError, run
+from alpaca_cot.io import write_json_atomic
+from alpaca_cot.prompter import Prompter
+from alpaca_cot.stats import length_stats
 
 HEADER = (f"{'source':24s} {'records':>8s} {'empty_in':>8s} {'p50':>6s} {'p90':>6s} {'p99':>6s} {'max':>6s} "
           f"{'>cutoff':>8s} {'%':>6s} {'prompt':>7s} {'response':>8s}")

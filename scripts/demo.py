@@ -8,14 +8,10 @@ the demo data does not contain, before and after, greedily.
 """
 
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from alpaca_cot import DATA_DIR  # noqa: E402
-from alpaca_cot.cli import run  # noqa: E402
+from alpaca_cot import DATA_DIR
+from alpaca_cot.cli import run
 
 QUESTIONS = (
     ("What is the capital of Australia?", False),

@@ -12,13 +12,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from alpaca_cot import DATA_DIR  # noqa: E402
-from alpaca_cot.cli import UserError, as_list, run  # noqa: E402
-from alpaca_cot.convert import convert  # noqa: E402
-from alpaca_cot.data import REGISTRY, _check  # noqa: E402
-from alpaca_cot.io import write_json_atomic  # noqa: E402
+from alpaca_cot import DATA_DIR
+from alpaca_cot.cli import UserError, as_list, run
+from alpaca_cot.convert import convert
+from alpaca_cot.data import REGISTRY, _check
+from alpaca_cot.io import write_json_atomic
 
 LOAD_ARGS = {"config": "name", "split": "split", "revision": "revision", "data_files": "data_files"}
 

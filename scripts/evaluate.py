@@ -9,13 +9,9 @@ and summary.md into --out. Decoding is greedy. The scoring rules are in alpaca_c
 """
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from alpaca_cot import evaluation, models  # noqa: E402
-from alpaca_cot.cli import UserError, run  # noqa: E402
+from alpaca_cot import evaluation, models
+from alpaca_cot.cli import UserError, run
 
 
 def main(base_model: str = None, lora_weights: str = None, out: str = None, cot_eval: str = None,

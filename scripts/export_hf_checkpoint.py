@@ -14,18 +14,15 @@ may neither contain nor lie inside the base model or the adapter.
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from alpaca_cot import models  # noqa: E402
-from alpaca_cot.checkpoints import check_adapter, inside  # noqa: E402
-from alpaca_cot.cli import UserError, run  # noqa: E402
-from alpaca_cot.generation import load_adapter, tokenizer_source  # noqa: E402
+from alpaca_cot import models
+from alpaca_cot.checkpoints import check_adapter, inside
+from alpaca_cot.cli import UserError, run
+from alpaca_cot.generation import load_adapter, tokenizer_source
 
 MARKER = ".alpaca-cot-export.json"
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -16,13 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from alpaca_cot import DATA_DIR, cot  # noqa: E402
-from alpaca_cot.cli import UserError, as_list, run  # noqa: E402
-from alpaca_cot.io import atomic_open, write_json_atomic  # noqa: E402
+from alpaca_cot import DATA_DIR, cot
+from alpaca_cot.cli import UserError, as_list, run
+from alpaca_cot.io import atomic_open, write_json_atomic
 
 
 def parse_datasets(datasets):

@@ -4,13 +4,9 @@
 training a small one on the demo data.
 """
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from alpaca_cot import tiny  # noqa: E402
-from alpaca_cot.cli import run  # noqa: E402
+from alpaca_cot import tiny
+from alpaca_cot.cli import run
 
 
 def main(out="models/tiny-llama", tokenizer_model=None, hidden_size=128, layers=2, heads=4):

@@ -15,11 +15,9 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from alpaca_cot import DATA_DIR, data, models, report, study  # noqa: E402
-from alpaca_cot.cli import UserError, as_list, run  # noqa: E402
-from alpaca_cot.io import write_json_atomic  # noqa: E402
+from alpaca_cot import DATA_DIR, data, models, report, study
+from alpaca_cot.cli import UserError, as_list, run
+from alpaca_cot.io import write_json_atomic
 
 
 def check_config(out: Path, config: dict):

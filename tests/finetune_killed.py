@@ -7,10 +7,7 @@
 
 import os
 import signal
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def die(*args, **kwargs):
