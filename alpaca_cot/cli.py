@@ -39,6 +39,7 @@ import difflib
 import importlib
 import importlib.util
 import inspect
+import os
 import logging
 import re
 import sys
@@ -73,7 +74,10 @@ def run(entry):
     argv = sys.argv[1:]
     shape = entry if callable(entry) else signature_only(*entry.split(":"))
     if "--help" in argv or "-h" in argv:
-        print(usage(shape))
+        try:
+            print(usage(shape), flush=True)
+        except BrokenPipeError:  # --help | head: the reader left; nothing is wrong
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     try:
         kwargs = parse_argv(shape, argv)

@@ -1,6 +1,6 @@
 """Evaluates a base model, with or without a LoRA adapter, on held-out sets.
 
-    python scripts/evaluate.py --base_model smollm2-135m [--lora_weights saved-cot7b] --out eval/cot \
+    python scripts/evaluate.py --base_model smollm2-135m [--lora_weights saved-cot7b] --out eval/cot \\
         [--cot_eval data/CoT_data_eval.jsonl] [--chinese_eval F] [--english_eval F] [--limit 100]
     python scripts/evaluate.py --predictions eval/cot/predictions.jsonl     # re-score, no model
 

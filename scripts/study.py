@@ -1,7 +1,7 @@
 """Runs the Alpaca-CoT ablation study in one command and writes report.md.
 
-    python scripts/study.py --base_model smollm2-135m --out study/smollm2 \
-        --alpaca data/alpaca_data_cleaned.json --belle data/belle_data_cn.json --cot_src data/flan_cot \
+    python scripts/study.py --base_model smollm2-135m --out study/smollm2 \\
+        --alpaca data/alpaca_data_cleaned.json --belle data/belle_data_cn.json --cot_src data/flan_cot \\
         [--belle_eval eval_set.json] [--records_per_source 600]
 
 Trains alpaca, alpaca-cot, alpaca-belle and alpaca-belle-cot with the same hyperparameters and

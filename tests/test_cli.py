@@ -242,3 +242,12 @@ def test_help_lists_every_flag(entry):
 def test_short_help():
     proc, _ = cli("generate.py", "-h")
     assert proc.returncode == 0 and "  --instruction=None " in proc.stdout
+
+
+def test_help_into_a_closed_pipe_is_quiet():
+    """`--help | head -1`: the reader has left; the script ends with 0 and no traceback."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "finetune.py"), "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the script has printed anything: its print meets a closed pipe
+    assert proc.wait(timeout=60) == 0
+    assert b"Traceback" not in proc.stderr.read()
