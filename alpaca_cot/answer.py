@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import data
+from . import conversation, data
 from .cli import UserError
-from .generation import Generator, decoding_kwargs
+from .generation import Generator, decoding_kwargs, with_cot
 from .io import atomic_open, check_output_file
 
 
@@ -55,7 +55,9 @@ def answer_file(gen: Generator, records, input_file, output_file, batch_size, co
 
 
 def interactive(gen: Generator, cot, decoding):
-    print("Type an instruction (an empty line or Ctrl-D quits).")
+    """A conversation: each answer sees the earlier turns, rendered as multi-turn training renders them."""
+    print("Type an instruction (an empty line or Ctrl-D quits; /new starts a new conversation).")
+    history = []
     while True:
         try:
             instruction = input("\n### Instruction: ").strip()
@@ -63,19 +65,29 @@ def interactive(gen: Generator, cot, decoding):
             break
         if not instruction:
             break
-        prompt = gen.prompt(instruction, "", cot)
+        if instruction == "/new":
+            history = []
+            continue
+        gen.prompt(instruction)  # the same check of the instruction as every other mode
+        asked = with_cot(instruction) if cot else instruction
+        prompt = conversation.prompt_ids(gen.tokenizer, gen.prompter, history, asked)
         try:
-            gen.check_fits([prompt], decoding["max_new_tokens"])
-        except UserError as e:  # the session goes on
+            gen.check_fits([prompt], decoding["max_new_tokens"], "the conversation")
+        except UserError as e:  # the session goes on; /new frees the context
             print(f"error: {e}", file=sys.stderr, flush=True)
             continue
         print("### Response: ", end="", flush=True)
         if decoding["num_beams"] > 1:  # beams pick the answer at the end: nothing to stream
-            print(gen.generate([prompt], **decoding)[0])
-            continue
-        for piece in gen.stream(prompt, **decoding):
-            print(piece, end="", flush=True)
-        print()
+            answer = gen.generate([prompt], **decoding)[0]
+            print(answer)
+        else:
+            pieces = []
+            for piece in gen.stream(prompt, **decoding):
+                pieces.append(piece)
+                print(piece, end="", flush=True)
+            print()
+            answer = gen.prompter.answer("".join(pieces))
+        history.append([asked, answer])
 
 
 # One web request may not take the machine: new tokens times beams is capped.

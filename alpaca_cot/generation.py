@@ -130,8 +130,13 @@ class Generator:
             raise UserError("the instruction is empty")
         return self.prompter.prompt(with_cot(instruction) if cot else instruction, input or "")
 
-    def _batch(self, prompts: list[str]) -> dict:
-        ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+    def ids(self, prompt) -> list[int]:
+        """A prompt's ids: a text prompt is encoded as training encoded it; a list of ids (a conversation,
+        from conversation.prompt_ids) is used as it is."""
+        return list(prompt) if isinstance(prompt, (list, tuple)) else encode_prompt(self.tokenizer, prompt)
+
+    def _batch(self, prompts: list) -> dict:
+        ids = [self.ids(p) for p in prompts]
         longest = max(map(len, ids))
         if self.compile:
             longest = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
@@ -153,7 +158,7 @@ class Generator:
         if not context:
             return
         for i, prompt in enumerate(prompts):
-            length = len(encode_prompt(self.tokenizer, prompt))
+            length = len(self.ids(prompt))
             if length + max_new_tokens > context:
                 where = what if len(prompts) == 1 else f"{what} {i}"
                 raise UserError(f"{where} is {length} tokens with the prompt template; with --max_new_tokens "

@@ -440,3 +440,22 @@ def test_compile_only_for_long_file_runs_on_a_gpu(monkeypatch):
     assert not answering.worth_compiling(records, 8, 128, "none")  # 13 x 128: compiling would not pay
     assert not answering.worth_compiling(records, 8, 512, "8bit")
     assert not answering.worth_compiling(None, 8, 512, "none")  # one prompt, interactive, web
+
+
+def test_interactive_keeps_the_conversation(gen, monkeypatch, capsys):
+    """The second answer sees the first turn, rendered as multi-turn training renders it; /new forgets it."""
+    from alpaca_cot import conversation
+
+    said = iter(["What are the three primary colors?", "Name one more.", "/new", "Name one more.", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(said))
+    seen = []
+    stream = gen.stream
+    monkeypatch.setattr(gen, "stream", lambda prompt, **kw: (seen.append(prompt), stream(prompt, **kw))[1])
+    answering.interactive(gen, False, decoding_kwargs(max_new_tokens=6))
+    assert len(seen) == 3
+    first_answer = capsys.readouterr().out.split("### Response: ")[1].splitlines()[0]
+    history = [["What are the three primary colors?", gen.prompter.answer(first_answer)]]
+    assert seen[1] == conversation.prompt_ids(gen.tokenizer, gen.prompter, history, "Name one more.")
+    assert seen[1][:len(seen[0])] == seen[0] and len(seen[1]) > len(seen[0])  # the first turn, then more
+    assert seen[2] == conversation.prompt_ids(gen.tokenizer, gen.prompter, [], "Name one more.")
+    assert seen[0] == gen.ids(gen.prompt("What are the three primary colors?"))  # one turn: as in every mode
