@@ -189,6 +189,8 @@ def _fits(value, kind) -> bool:
 def _value(fn, param: inspect.Parameter, text: str):
     """text parsed as fire would, and checked against the parameter's type."""
     parse_fns = fire.decorators.GetParseFns(fn)
+    if param.name not in parse_fns["named"] and (param.annotation is str or isinstance(param.default, str)):
+        return None if text == "None" and param.default is None else text  # a path like 2024 stays text
     parse = parse_fns["named"].get(param.name) or parse_fns["default"] or fire.parser.DefaultParseValue
     value = parse(text)
     kind = _expected_type(param)

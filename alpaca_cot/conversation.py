@@ -63,10 +63,10 @@ def encode_conversation(record: dict, tokenizer, prompter, cutoff_len: int, trai
             break
     last_prompt_end = len(ids) - len(turns[-1][1]) - 1
     truncated = start > 0 or len(ids) > cutoff_len
-    if len(ids) > cutoff_len:
-        ids, labels = ids[: cutoff_len - 1] + [eos], labels[: cutoff_len - 1] + [eos]
+    if len(ids) > cutoff_len:  # as preprocess.encode_batch: a cut answer ends without EOS
+        ids, labels = ids[:cutoff_len], labels[:cutoff_len]
     return {"input_ids": ids, "labels": labels, "length": len(ids), "truncated": truncated,
-            "prompt_too_long": last_prompt_end >= cutoff_len - 1}
+            "prompt_too_long": not train_on_inputs and last_prompt_end >= cutoff_len}
 
 
 def encode_records(batch: dict, tokenizer, prompter, cutoff_len: int, train_on_inputs: bool = False,

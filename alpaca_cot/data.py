@@ -96,7 +96,7 @@ def _loads(text: str, path: Path, place: str = ""):
         raise UserError(f"{path}: {place}JSON nested too deeply to read") from None
 
 
-def _parse(path: Path) -> list[tuple[str, object]]:
+def parse(path: Path) -> list[tuple[str, object]]:
     """The raw records of one file, each with its place ('record 3' or 'line 4') for messages."""
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not an error
@@ -189,7 +189,7 @@ def _check_history(history) -> tuple[list | None, str | None]:
 def load_file(path: Path, skip_bad_records: bool = False, require_output: bool = True) -> tuple[list[dict], int]:
     """Valid records of one file and how many bad ones were skipped (generation needs no output)."""
     records, skipped = [], 0
-    for place, raw in _parse(Path(path)):
+    for place, raw in parse(Path(path)):
         clean, why = _check(raw, require_output)
         if clean is None:
             if not skip_bad_records:

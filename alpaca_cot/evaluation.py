@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import scoring
 from .cli import UserError
-from .data import _parse
+from .data import parse
 
 TASKS = ("cot", "chinese", "english")
 
@@ -35,7 +35,7 @@ def load_items(path, task: str, limit: int | None = None) -> list[dict]:
     if not path.is_file():
         raise UserError(f"evaluation file {path} not found")
     items = []
-    for place, raw in _parse(path):
+    for place, raw in parse(path):
         if not isinstance(raw, dict):
             raise UserError(f"{path}: {place}: expected an object, got {type(raw).__name__}")
         item = {"task": task, "instruction": _field(path, place, raw, "instruction", "question"),
@@ -167,8 +167,9 @@ def read_predictions(path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"--predictions {path} not found")
     rows = []
-    for place, raw in _parse(path):
-        missing = [k for k in ("task", "instruction", "output", "gold") if not isinstance(raw, dict) or k not in raw]
+    for place, raw in parse(path):
+        needed = ("task", "instruction", "output", "gold") + (("dataset",) if isinstance(raw, dict) and raw.get("task") == "cot" else ())
+        missing = [k for k in needed if not isinstance(raw, dict) or k not in raw]
         if missing or raw["task"] not in TASKS:
             raise UserError(f"{path}: {place}: not a prediction row (field '{(missing or ['task'])[0]}')")
         raw.setdefault("cot_trigger", False)
@@ -178,11 +179,10 @@ def read_predictions(path) -> list[dict]:
 
 def write(rows: list[dict], summary: dict, out_dir, title: str):
     """predictions.jsonl, summary.json and summary.md in out_dir, each written whole or not at all."""
-    from .io import atomic_open
+    from .io import atomic_open, write_jsonl_atomic
 
     out_dir = Path(out_dir)
-    with atomic_open(out_dir / "predictions.jsonl") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    write_jsonl_atomic(rows, out_dir / "predictions.jsonl")
     with atomic_open(out_dir / "summary.json") as f:
         json.dump(summary, f, indent=2, ensure_ascii=False)
     with atomic_open(out_dir / "summary.md") as f:

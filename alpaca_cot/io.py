@@ -61,6 +61,11 @@ def atomic_open(path):
             tmp.unlink(missing_ok=True)
 
 
+def write_jsonl_atomic(records, path):
+    with atomic_open(path) as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
 def write_json_atomic(records, path):
     with atomic_open(path) as f:
         json.dump(records, f, ensure_ascii=False, indent=2)

@@ -33,7 +33,7 @@ def eval_keys(files) -> list[str]:
     for file in as_list(files or ()):
         path = Path(file).expanduser()
         data.check_readable(path, "--decontaminate file")
-        for place, raw in data._parse(path):
+        for place, raw in data.parse(path):
             text = raw.get("instruction") or raw.get("question") if isinstance(raw, dict) else None
             if not isinstance(text, str):
                 raise UserError(f"{path}: {place}: field 'instruction' (or 'question') is missing or not a string")

@@ -14,12 +14,13 @@ killed study continues where it stopped:
 
 import json
 import random
+import subprocess
 import time
 from pathlib import Path
 
-from . import cot, data, dedup, evaluation
+from . import ROOT, cot, data, dedup, evaluation
 from .cli import UserError
-from .io import write_json_atomic
+from .io import write_json_atomic, write_jsonl_atomic
 
 MIXES = ("alpaca", "alpaca-cot", "alpaca-belle", "alpaca-belle-cot")
 SOURCES = ("alpaca", "belle", "cot")
@@ -86,20 +87,13 @@ def prepare(out: Path, sources: dict, config: dict) -> dict:
     for name, records in train.items():
         write_json_atomic(records, out / "data" / f"{name}.json")
     for task, items in (("cot", cot_eval), ("chinese", chinese), ("english", english)):
-        write_jsonl(items, out / "eval" / f"{task}.jsonl")
+        write_jsonl_atomic(items, out / "eval" / f"{task}.jsonl")
     manifest = {"train_records": {n: len(r) for n, r in train.items()},
                 "eval_records": {"cot": len(cot_eval), "chinese": len(chinese), "english": len(english)},
                 "cot_eval_per_dataset": {n: sum(r["dataset"] == n for r in cot_eval) for n in rows},
                 "dropped_as_repeats_of_eval": dropped + repeats, "overlap_after_cleaning": leaks}
     write_json_atomic(manifest, out / "data" / "manifest.json")
     return manifest
-
-
-def write_jsonl(items, path):
-    from .io import atomic_open
-
-    with atomic_open(path) as f:
-        f.writelines(json.dumps(i, ensure_ascii=False) + "\n" for i in items)
 
 
 def mix_files(out: Path, mix: str) -> str:
@@ -128,7 +122,7 @@ def eval_cell(out: Path, model: str, base_model: str, config: dict) -> dict:
     items = [i for task in evaluation.TASKS for i in evaluation.load_items(out / "eval" / f"{task}.jsonl", task)]
     adapter = None if model == "base" else str(out / "adapters" / model)
     return evaluation.evaluate(base_model, adapter, items, out / "results" / model, model,
-                               config["eval_batch_size"], config["max_new_tokens"])
+                               config["eval_batch_size"], config["max_new_tokens"], config["training"]["quantization"])
 
 
 def cells(mixes) -> list[tuple[str, str]]:
@@ -150,7 +144,8 @@ def environment(base_model_path: str) -> dict:
     import transformers
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.machine()})"
-    return {"versions": f"python {platform.python_version()}, torch {torch.__version__}, transformers "
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"commit": commit or "unknown", "versions": f"python {platform.python_version()}, torch {torch.__version__}, transformers "
                         f"{transformers.__version__}, peft {peft.__version__}",
             "device": device, "base_model_path": base_model_path}
 

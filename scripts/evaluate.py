@@ -42,6 +42,9 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, cot_
         print(evaluation.markdown(summary, f"Re-scored {predictions}"))
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return summary
+    for flag, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("limit", limit)):
+        if value is not None and value < 1:
+            raise UserError(f"--{flag} must be at least 1, got {value}")
     files = {"cot": cot_eval, "chinese": chinese_eval, "english": english_eval}
     if not any(files.values()):
         raise UserError("nothing to evaluate: pass --cot_eval, --chinese_eval and/or --english_eval (or --predictions)")

@@ -10,7 +10,6 @@ Without --src the files are downloaded from FLAN into data/flan_cot/ (kept as a 
 scripts/evaluate.py, and keeps them, and any row repeating them, out of the training output.
 """
 
-import json
 import random
 import sys
 import time
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from alpaca_cot import DATA_DIR, cot
 from alpaca_cot.cli import UserError, as_list, run
-from alpaca_cot.io import atomic_open, write_json_atomic
+from alpaca_cot.io import write_json_atomic, write_jsonl_atomic
 
 
 def parse_datasets(datasets):
@@ -78,8 +77,7 @@ def main(src=None, out="data/CoT_data.json", style="original", seed=42, datasets
     if holdout:
         formatted, evaluation, repeats = cot.holdout(formatted, rows, holdout, seed)
         eval_out = Path(eval_out or Path(out).with_name(Path(out).stem + "_eval.jsonl"))
-        with atomic_open(eval_out) as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in evaluation)
+        write_jsonl_atomic(evaluation, eval_out)
         print(f"held out {len(evaluation)} questions -> {eval_out}; dropped {repeats} training rows "
               "that repeat one of them")
 

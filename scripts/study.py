@@ -70,6 +70,12 @@ def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str =
         eval_batch_size: prompts answered together
         seed: seeds the held-out draw, the training draw and training
     """
+    for flag, value in (("records_per_source", records_per_source), ("cot_eval_per_dataset", cot_eval_per_dataset),
+                        ("chinese_eval", chinese_eval), ("english_eval", english_eval),
+                        ("belle_eval_records", belle_eval_records), ("eval_batch_size", eval_batch_size),
+                        ("max_new_tokens", max_new_tokens)):
+        if value < 1:
+            raise UserError(f"--{flag} must be at least 1, got {value}")
     mixes = as_list(mixes)
     unknown = [m for m in mixes if any(s not in study.SOURCES for s in m.split("-"))]
     if unknown or not mixes:

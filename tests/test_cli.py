@@ -251,3 +251,15 @@ def test_help_into_a_closed_pipe_is_quiet():
     proc.stdout.close()  # before the script has printed anything: its print meets a closed pipe
     assert proc.wait(timeout=60) == 0
     assert b"Traceback" not in proc.stderr.read()
+
+
+def test_text_flags_stay_text():
+    """A path or name that looks like a number (--out 2024) reaches the script as text, not as an int."""
+    def main(out: str = None, name: str = "x", count: int = 1):
+        """Args:
+            out: a folder.
+            name: a name.
+            count: a number.
+        """
+    assert parse_argv(main, ["--out", "2024", "--name", "1e3", "--count", "7"]) == {"out": "2024", "name": "1e3", "count": 7}
+    assert parse_argv(main, ["--out", "None"]) == {"out": None}

@@ -135,3 +135,11 @@ def test_evaluate_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"error: {bad}: line 1: field 'answer' 'seven' is not a number answer"]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_prediction_row_without_its_dataset_is_one_line(tmp_path):
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"task": "cot", "instruction": "q", "output": "o", "gold": "yes"}\n', encoding="utf-8")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--predictions", bad],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {bad}: line 1: not a prediction row (field 'dataset')"
