@@ -110,8 +110,10 @@ def train_cell(out: Path, mix: str, base_model: str, config: dict) -> dict:
 
     folder = out / "adapters" / mix
     resume = "auto" if any(folder.glob("checkpoint-*")) else None
+    # No fused kernels: Liger patches LLaMA for the whole process, so every later evaluation in this process
+    # would run other kernels than one after a restart.
     finetune(base_model=base_model, data=mix_files(out, mix), output_dir=str(folder), overwrite=resume is None,
-             resume_from_checkpoint=resume, report_to="none", **config["training"])
+             resume_from_checkpoint=resume, report_to="none", fused_kernels=False, **config["training"])
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
