@@ -28,9 +28,10 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
          instruction: str = None, input: str = "", input_file: str = None, output_file: str = None,
          batch_size: int = 8, cot: bool = False, max_new_tokens: int = None, temperature: float = None,
          top_p: float = None, top_k: int = None, num_beams: int = None, repetition_penalty: float = None,
-         no_repeat_ngram_size: int = None, seed: int = 42, no_adapter: bool = False, web: bool = False, server_name: str = "127.0.0.1", server_port: int = 7860,
-         share: bool = False, skip_bad_records: bool = False, merge: bool = None, compile: bool = None,
-         overwrite: bool = False, expose: bool = False, auth: str = None):
+         no_repeat_ngram_size: int = None, seed: int = 42, no_adapter: bool = False, web: bool = False,
+         server_name: str = "127.0.0.1", server_port: int = 7860, share: bool = False, skip_bad_records: bool = False,
+         merge: bool = None, compile: bool = None, overwrite: bool = False, expose: bool = False, auth: str = None,
+         device_map: str = None):
     """Answer instructions with the adapter that finetune.py saved (the folder finetune.py names by default).
 
     Flags left unset take the recipe's values: by default greedy decoding of up to 256 tokens with the
@@ -71,6 +72,7 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
         overwrite: replace an existing --output_file.
         expose: allow --share or a --server_name other than loopback: anyone who reaches it can use the model.
         auth: user:pass login for the --web page.
+        device_map: auto splits a model larger than one GPU over the visible GPUs (then the CPU); cpu keeps it on the CPU.
     """
     flags = recipes.apply(recipe, "generate", dict(
         prompt_template_name=prompt_template_name, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -85,6 +87,7 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
         output_file = output_path(input_file, output_file, overwrite)
     if batch_size <= 0:
         raise UserError(f"--batch_size must be positive, got {batch_size}")
+    models.check_device_map(device_map)
     # Everything the user gave is checked before the model is loaded.
     records = read_records(input_file, skip_bad_records) if input_file is not None else None
     if web and input_file is None and instruction is None:
@@ -94,7 +97,8 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
     adapter = None if no_adapter else (lora_weights or default_output_dir(data, size, base_model))
     if compile is None:
         compile = worth_compiling(records, batch_size, decoding["max_new_tokens"], quantization)
-    gen = Generator(name, adapter, quantization, flags["prompt_template_name"], merge=flags["merge"], compile=compile)
+    gen = Generator(name, adapter, quantization, flags["prompt_template_name"], merge=flags["merge"], compile=compile,
+                    device_map=device_map)
     torch.manual_seed(seed)  # after loading, which draws random numbers: --seed alone fixes the samples
     if input_file is not None:
         answer_file(gen, records, input_file, output_file, batch_size, cot, decoding)

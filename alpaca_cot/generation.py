@@ -97,7 +97,8 @@ class Generator:
     costs a compilation per new shape and then runs faster (benchmarks/README.md)."""
 
     def __init__(self, base_model: str, lora_weights: str | None, quantization: str = "none",
-                 prompt_template_name: str = "alpaca", merge: bool | None = None, compile: bool = False):
+                 prompt_template_name: str = "alpaca", merge: bool | None = None, compile: bool = False,
+                 device_map: str | None = None):
         models.check_quantization(quantization)
         merge = quantization == "none" if merge is None else merge
         if merge and quantization != "none" and lora_weights is not None:
@@ -108,7 +109,8 @@ class Generator:
             check_adapter_source(lora_weights)
         self.tokenizer = models.load_tokenizer(tokenizer_source(lora_weights, base_model))
         self.tokenizer.padding_side = "left"
-        model = models.load_model(base_model, quantization)
+        models.check_device_map(device_map)
+        model = models.load_model(base_model, quantization, device_map=device_map)
         if lora_weights is not None:
             model = load_adapter(model, lora_weights, base_model)
             if merge:

@@ -158,26 +158,41 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
+DEVICE_MAPS = ("cpu", "auto")
+
+
+def check_device_map(device_map):
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise UserError(f"unknown --device_map {device_map!r}; choose {' or '.join(DEVICE_MAPS)} (or leave it out)")
+
+
+def _quiet_int8_casts(record) -> bool:
+    return "inputs will be cast" not in record.getMessage()
+
+
 def load_model(name: str, quantization: str = "none", dtype: torch.dtype | None = None,
-               attn_implementation: str = "sdpa"):
-    """The base causal LM, quantized or in 16/32-bit, on this process's device."""
+               attn_implementation: str = "sdpa", device_map: str | None = None):
+    """The base causal LM, quantized or in 16/32-bit, on this process's device; or with device_map
+    "cpu" on the CPU, or "auto" with its layers split over the visible GPUs (then the CPU), which is
+    how a model larger than one GPU runs in one process (the 2023 code's way for 65B)."""
     from transformers import AutoModelForCausalLM
 
     configure_backends()
     dtype = dtype or compute_dtype(quantization)
-    if quantization == "8bit":  # one log line per int8 matmul otherwise (thousands)
-        logging.getLogger("bitsandbytes.autograd._functions").addFilter(
-            lambda record: "inputs will be cast" not in record.getMessage())
+    if quantization == "8bit":  # one log line per int8 matmul otherwise (thousands); added once per process
+        logging.getLogger("bitsandbytes.autograd._functions").addFilter(_quiet_int8_casts)
     # sdpa is transformers' own choice where the architecture has it (BLOOM has not: eager then).
     kwargs = {"dtype": dtype, "attn_implementation": None if attn_implementation == "sdpa" else attn_implementation}
     if quantization != "none":
         kwargs["quantization_config"] = quantization_config(quantization)
         kwargs["device_map"] = {"": local_rank()} if torch.cuda.is_available() else {"": "cpu"}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except OSError as e:
         raise UserError(f"could not load base model {name}: {str(e).splitlines()[0]}") from None
-    if quantization == "none" and torch.cuda.is_available():
+    if quantization == "none" and device_map is None and torch.cuda.is_available():
         model.to(f"cuda:{local_rank()}")
     return model
 

@@ -56,8 +56,9 @@ def clean_leftovers(out: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def merged_model(base_name: str, lora_weights: Path, dtype):
-    model = models.load_model(base_name, "none", dtype)
+def merged_model(base_name: str, lora_weights: Path, dtype, device: str = "cpu"):
+    """Merged on the CPU by default, as alpaca-lora does: no GPU needs to hold the whole model."""
+    model = models.load_model(base_name, "none", dtype, device_map=device)
     model = load_adapter(model, lora_weights, base_name)
     return model.merge_and_unload()
 
@@ -90,7 +91,7 @@ def save_atomically(model, tokenizer, out: Path, provenance: dict):
 
 
 def main(base_model: str = None, lora_weights: str = None, out: str = None, dtype: str = "auto",
-         size: int = 7, quantization: str = "none", overwrite: bool = False):
+         size: int = 7, quantization: str = "none", overwrite: bool = False, device: str = "cpu"):
     """Merge the adapter in --lora_weights into --base_model and save the result to --out.
 
     Args:
@@ -101,12 +102,14 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, dtyp
         size: LLaMA size in billions (7, 13, 30 or 65) for huggyllama/llama-{size}b.
         quantization: only none: an adapter cannot be merged into quantized weights.
         overwrite: replace a --out folder that is not empty.
+        device: cpu merges in main memory (no GPU needed); auto splits the model over the visible GPUs.
     """
     start = time.perf_counter()
     # ---- everything checked before a model is loaded ----
     if quantization != "none":
         raise UserError(f"--quantization {quantization}: the export merges the adapter into full-precision "
                         "weights, so the base is never quantized; drop the flag (use --dtype to pick a precision)")
+    models.check_device_map(device)
     if str(dtype) not in DTYPES:
         raise UserError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if not lora_weights:
@@ -120,7 +123,7 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, dtyp
     check_out(out, [Path(name), lora_weights], overwrite)
 
     tokenizer = models.load_tokenizer(tokenizer_source(lora_weights, name))
-    model = merged_model(name, lora_weights, DTYPES[str(dtype)])
+    model = merged_model(name, lora_weights, DTYPES[str(dtype)], device)
     save_atomically(model, tokenizer, out, dict(base_model=name, lora_weights=str(lora_weights), dtype=str(dtype)))
     params = sum(p.numel() for p in model.parameters())
     print(f"merged {lora_weights} into {name}: {params:,} parameters ({model.dtype}) -> {out} "

@@ -459,3 +459,13 @@ def test_interactive_keeps_the_conversation(gen, monkeypatch, capsys):
     assert seen[1][:len(seen[0])] == seen[0] and len(seen[1]) > len(seen[0])  # the first turn, then more
     assert seen[2] == conversation.prompt_ids(gen.tokenizer, gen.prompter, [], "Name one more.")
     assert seen[0] == gen.ids(gen.prompt("What are the three primary colors?"))  # one turn: as in every mode
+
+
+def test_device_map_auto_answers_as_the_default(gen, tiny_llama, adapter):
+    """--device_map auto (layers spread by accelerate; here all on the CPU) answers as the default placement."""
+    split = Generator(str(tiny_llama), str(adapter), device_map="auto")
+    prompts = [gen.prompt("Name a primary color."), gen.prompt("What is 2 + 2?")]
+    assert split.generate(prompts, **GREEDY) == gen.generate(prompts, **GREEDY)
+    proc = run_generate(tiny_llama, adapter, "--instruction", "hi", "--device_map", "gpu0")
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        "error: unknown --device_map 'gpu0'; choose cpu or auto (or leave it out)"
