@@ -107,6 +107,7 @@ def finetune(
     dedup: str = "none",
     decontaminate: str = None,
     group_by_length: bool = None,
+    balance_ranks: bool = True,
     skip_bad_records: bool = False,
     # run
     resume_from_checkpoint: str = None,
@@ -159,6 +160,8 @@ def finetune(
         dedup: remove repeated prompts within and across sources: none (as given), exact or near (MinHash).
         decontaminate: evaluation files (.json/.jsonl, comma-separated) whose rows are removed from the data.
         group_by_length: batch records of similar length together (on; off with --recipe 2023).
+        balance_ranks: with group_by_length on several GPUs, give every GPU an equal share of each step's padded
+            tokens (False: transformers' order, whose longest micro-batch of each step goes to the first GPU).
         skip_bad_records: skip and count malformed records instead of stopping.
         resume_from_checkpoint: auto (the last checkpoint in output_dir) or a checkpoint folder.
         overwrite: replace an adapter already saved in output_dir.
@@ -170,6 +173,7 @@ def finetune(
     started = time.time()
     run = prepare(resolve(flags))  # every flag, the data and the output folder checked before a model loads
     trainer, speed = build_trainer(run)
+    trainer.balance_ranks = run.flags.balance_ranks
     main_process_then_others(lambda: checkpoints.claim(run.output_dir, run.record, run.plan))
     if run.plan.note:
         log(run.plan.note)

@@ -12,11 +12,15 @@ sample from ../shared), and runs each recipe in its own process:
 `--memory_cap_gib 78` caps each training process's GPU memory (what an 80 GB H100 leaves after
 the CUDA context), to check on a larger card that a recipe fits the smaller one.
 Then generation (ms/token at batch 1, tokens/s at batch 32, 128 new tokens).
+`--gpus 1,2,4` instead runs each recipe on the first 1, 2 and 4 GPUs (torchrun) at the same global
+batch and reports real tokens/s per GPU against 1 GPU; `none:unbalanced` is `none` with finetune's
+--balance_ranks False (transformers' order dealt round-robin to the ranks), to compare the two orders.
 `python scripts/benchmark.py data_path --data D --model M` measures the CPU data path alone.
 Prints a table and writes the figures, card, versions and date as JSON.
 """
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -55,10 +59,42 @@ def make_data(shared: Path, out: Path) -> Path:
     return out
 
 
-def sh(args: list[str], log: Path) -> int:
+def finetune_command(recipe: str, model: Path, data: Path, run_dir: Path, max_steps: int,
+                     batch_size: int = None) -> list[str]:
+    """finetune.py's command line for a recipe such as none, 4bit:8:nockpt or none:unbalanced.
+
+    batch_size: records per optimizer step over all GPUs; one micro-batch by default.
+    """
+    from alpaca_cot import models
+    from alpaca_cot.train import default_micro_batch_size
+
+    quantization, *options = recipe.split(":")  # e.g. 4bit:8:nockpt = micro-batch 8, no checkpointing
+    args = [sys.executable, "finetune.py", "--base_model", str(model), "--data", str(data),
+            "--quantization", quantization, "--max_steps", str(max_steps), "--val_set_size", "0",
+            "--output_dir", str(run_dir), "--overwrite", "--report_to", "none", "--save_steps", "100000",
+            "--logging_steps", "20"]
+    chosen = "fused" in options or "unfused" in options
+    fused = "fused" in options if chosen else models.use_fused_kernels(None)
+    micro = next((int(o) for o in options if o.isdigit()), default_micro_batch_size(quantization, fused))
+    args += ["--micro_batch_size", str(micro), "--batch_size", str(batch_size or micro)]
+    if "ckpt" in options or "nockpt" in options:
+        args += ["--gradient_checkpointing", str("ckpt" in options)]
+    if chosen:
+        args += ["--fused_kernels", str(fused)]
+    if "packed" in options:
+        args += ["--packing"]
+    if "flex" in options:
+        args += ["--attn_implementation", "flex_attention"]
+    if "unbalanced" in options:
+        args += ["--balance_ranks", "False"]
+    return args
+
+
+def sh(args: list[str], log: Path, env: dict = None) -> int:
     print("$", " ".join(args), flush=True)
     with open(log, "w") as f:
-        proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                              env={**os.environ, **env} if env else None)
     if proc.returncode:
         print(f"  failed ({proc.returncode}); last lines of {log}:\n" + "".join(open(log).readlines()[-15:]))
     return proc.returncode
@@ -218,31 +254,11 @@ def data_path(data: str, model: str, records: int = 600_000, legacy_records: int
     return result
 
 
-def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", steps: int = 60,
-         shared: str = None, work_dir: str = "/tmp/alpaca-cot-bench", out: str = None, generation_runs: str = "none,8bit",
-         gen_variants: str = "unmerged,merged,compiled", memory_cap_gib: float = None):
-    """Train each recipe on a random-init model of --shape, then time generation; print and save the figures.
+def setup(shape: str, shared: Path, work: Path, memory_cap_gib: float):
+    """The report's header (card, versions, date, matmul peak), the random-init model, the data, FLOPs per token."""
+    from alpaca_cot import tiny
 
-    Args:
-        shape: the LLaMA-1 shape of the random-init model: 7b or 13b.
-        recipes: comma-separated: legacy, 8bit, 4bit, none, with options such as 4bit:8 or none:fused.
-        steps: optimizer steps of one micro-batch each per recipe.
-        shared: the folder with the real data and the LLaMA tokenizer; ../shared by default.
-        work_dir: where the model, data, runs and logs go.
-        out: the JSON file the report is written to (none by default).
-        generation_runs: quantizations whose generation speed is timed, comma-separated.
-        gen_variants: generate.py variants timed in 16-bit: unmerged, merged, compiled, default.
-        memory_cap_gib: cap each training process's GPU memory at this many GiB.
-    """
-    if not torch.cuda.is_available():
-        raise UserError("the benchmark needs a CUDA GPU")
-    from alpaca_cot import models, tiny
-    from alpaca_cot.train import default_micro_batch_size
-
-    shared = Path(shared or ROOT.parent / "shared")
-    work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    card = torch.cuda.get_device_name(0)
     import peft
     import transformers
     try:
@@ -250,7 +266,8 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
         bnb_version = bitsandbytes.__version__
     except ImportError:
         bnb_version = None
-    report = {"card": card, "date": time.strftime("%Y-%m-%d"), "shape": shape, "memory_cap_gib": memory_cap_gib,
+    report = {"card": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d"), "shape": shape,
+              "memory_cap_gib": memory_cap_gib,
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                            "peft": peft.__version__, "bitsandbytes": bnb_version},
               "matmul_peak_tflops": round(matmul_peak_tflops(), 1), "train": {}, "generation": {}}
@@ -269,7 +286,41 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
     h, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
     # Matmul parameters: attention and MLP weights of every layer, plus the LM head (embedding lookups cost none).
     n_params = layers * (4 * h * h + 3 * h * config["intermediate_size"]) + vocab * h
-    flops_per_token = LORA_FLOPS_PER_TOKEN_PER_PARAM * n_params
+    return report, model, data, LORA_FLOPS_PER_TOKEN_PER_PARAM * n_params
+
+
+def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", steps: int = 60,
+         shared: str = None, work_dir: str = "/tmp/alpaca-cot-bench", out: str = None, generation_runs: str = "none,8bit",
+         gen_variants: str = "unmerged,merged,compiled", memory_cap_gib: float = None, gpus: str = None,
+         global_batch: int = 128, scaling_steps: int = 40):
+    """Train each recipe on a random-init model of --shape, then time generation; print and save the figures.
+
+    Args:
+        shape: the LLaMA-1 shape of the random-init model: 7b or 13b.
+        recipes: comma-separated: legacy, 8bit, 4bit, none, with options such as 4bit:8 or none:fused;
+            with --gpus, `none:unbalanced` trains with --balance_ranks False.
+        steps: optimizer steps of one micro-batch each per recipe.
+        shared: the folder with the real data and the LLaMA tokenizer; ../shared by default.
+        work_dir: where the model, data, runs and logs go.
+        out: the JSON file the report is written to (none by default).
+        generation_runs: quantizations whose generation speed is timed, comma-separated.
+        gen_variants: generate.py variants timed in 16-bit: unmerged, merged, compiled, default.
+        memory_cap_gib: cap each training process's GPU memory at this many GiB.
+        gpus: GPU counts, comma-separated (1,2,4): instead of the recipe table and generation, train each
+            recipe on the first N GPUs (torchrun) at --global_batch and report the speed per GPU against 1 GPU.
+        global_batch: records per optimizer step over all GPUs, the same for every GPU count (with --gpus).
+        scaling_steps: measured optimizer steps per run with --gpus (5 more warm up first).
+    """
+    if not torch.cuda.is_available():
+        raise UserError("the benchmark needs a CUDA GPU")
+    counts = gpu_counts(gpus, torch.cuda.device_count()) if gpus else None
+    if counts and "legacy" in names(recipes):
+        raise UserError("--gpus runs finetune.py recipes; drop legacy from --recipes")
+    report, model, data, flops_per_token = setup(shape, Path(shared or ROOT.parent / "shared"), Path(work_dir),
+                                                 memory_cap_gib)
+    if counts:
+        return scaling(report, names(recipes), counts, model, data, Path(work_dir), global_batch, scaling_steps, out)
+    work = Path(work_dir)
     for recipe in names(recipes):
         result = work / f"{recipe.replace(':', '-')}.json"
         if recipe == "legacy":
@@ -277,24 +328,8 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
                      "--out", str(result)], work / "legacy.log")
             metrics = json.loads(result.read_text()) if rc == 0 else None
         else:
-            quantization, *options = recipe.split(":")  # e.g. 4bit:8:nockpt = micro-batch 8, no checkpointing
             run_dir = work / f"run-{recipe.replace(':', '-')}"
-            args = [sys.executable, "finetune.py", "--base_model", str(model), "--data", str(data),
-                    "--quantization", quantization, "--max_steps", str(steps), "--val_set_size", "0",
-                    "--output_dir", str(run_dir), "--overwrite", "--report_to", "none", "--save_steps", "100000",
-                    "--logging_steps", "20"]
-            chosen = "fused" in options or "unfused" in options
-            fused = "fused" in options if chosen else models.use_fused_kernels(None)
-            micro = next((int(o) for o in options if o.isdigit()), default_micro_batch_size(quantization, fused))
-            args += ["--micro_batch_size", str(micro), "--batch_size", str(micro)]  # one micro-batch a step
-            if "ckpt" in options or "nockpt" in options:
-                args += ["--gradient_checkpointing", str("ckpt" in options)]
-            if chosen:
-                args += ["--fused_kernels", str(fused)]
-            if "packed" in options:
-                args += ["--packing"]
-            if "flex" in options:
-                args += ["--attn_implementation", "flex_attention"]
+            args = finetune_command(recipe, model, data, run_dir, steps)
             if memory_cap_gib:
                 args = [sys.executable, __file__, "capped", str(memory_cap_gib), *args[1:]]
             rc = sh(args, work / f"{run_dir.name}.log")
@@ -322,6 +357,109 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
     save(report, out)
     if out:
         print(f"wrote {out}")
+
+WARMUP_STEPS = 5  # the speed callback's untimed first steps in a run of 25 steps or more
+
+
+def gpu_counts(value, available: int) -> list[int]:
+    """--gpus as a list of GPU counts, each between 1 and the GPUs present."""
+    try:
+        counts = [int(v) for v in names(value)]
+    except ValueError:
+        raise UserError(f"--gpus must be GPU counts, comma-separated (1,2,4), got {value!r}") from None
+    bad = [n for n in counts if not 1 <= n <= available]
+    if bad or not counts:
+        raise UserError(f"--gpus {value}: each count must be between 1 and the {available} GPUs present")
+    return counts
+
+
+def scaling_command(finetune: list[str], n_gpus: int, visible: str = None) -> tuple[list[str], dict]:
+    """finetune.py's command on the first n_gpus visible GPUs: one process for 1, torchrun for more."""
+    devices = names(visible) if visible else [str(i) for i in range(n_gpus)]
+    env = {"CUDA_VISIBLE_DEVICES": ",".join(devices[:n_gpus])}
+    if n_gpus == 1:
+        return finetune, env
+    return [finetune[0], "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n_gpus),
+            *finetune[1:]], env
+
+
+def baseline(recipe: str) -> str:
+    """The 1-GPU run a recipe is compared with: the same without :unbalanced (one process, same order)."""
+    return ":".join(o for o in recipe.split(":") if o != "unbalanced")
+
+
+def scaling_efficiency(runs: dict) -> dict:
+    """runs[recipe][gpus] (train_summary.json fields) with per_gpu_efficiency: real tokens/s per GPU over
+    that of the recipe's 1-GPU run."""
+    for recipe, by_count in runs.items():
+        base = (runs.get(baseline(recipe), {}).get("1") or {}).get("real_tokens_per_s")
+        for count, m in by_count.items():
+            if m and base:
+                m["per_gpu_efficiency"] = round(m["real_tokens_per_s"] / (int(count) * base), 4)
+    return runs
+
+
+def step_overhead_ms(model: Path, iters: int = 50, device: str = "cuda") -> float:
+    """GPU ms of one optimizer step's own work (clipping and AdamW) over q_proj/v_proj LoRA parameters of
+    rank 8 of the model's shape: what every optimizer step pays, whatever the number of GPUs."""
+    config = json.loads((model / "config.json").read_text())
+    h, layers = config["hidden_size"], config["num_hidden_layers"]
+    params = [torch.nn.Parameter(torch.randn(*shape, device=device)) for _ in range(2 * layers)
+              for shape in ((8, h), (h, 8))]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    for i in range(iters + 5):
+        if i == 5:
+            sync()
+            t = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(params, 1.0).item()  # the Trainer reads the norm back for its log
+        optimizer.step()
+    sync()
+    return round(1000 * (time.perf_counter() - t) / iters, 3)
+
+
+def scaling(report, recipes, counts, model, data, work, global_batch, measured_steps, out):
+    """Each recipe on each GPU count at the same global batch; speed per GPU against 1 GPU."""
+    report["scaling"] = {"global_batch": global_batch, "step_overhead_ms": step_overhead_ms(model), "runs": {}}
+    runs = report["scaling"]["runs"]
+    for recipe in recipes:
+        runs[recipe] = {}
+        for n in counts:
+            if n == 1 and recipe != baseline(recipe):
+                continue  # one process gets the same order either way
+            run_dir = work / f"run-{recipe.replace(':', '-')}-{n}gpu"
+            args = finetune_command(recipe, model, data, run_dir, measured_steps + WARMUP_STEPS, global_batch)
+            args, env = scaling_command(args, n, os.environ.get("CUDA_VISIBLE_DEVICES"))
+            rc = sh(args, work / f"{run_dir.name}.log", env=env)
+            summary = json.loads((run_dir / "train_summary.json").read_text()) if rc == 0 else {}
+            runs[recipe][str(n)] = None if "real_tokens_per_s" not in summary else {k: summary[k] for k in (
+                "real_tokens_per_s", "padded_tokens_per_s", "padding_share", "peak_gpu_gib", "measured_steps",
+                "train_steps_per_second") if k in summary}
+            print(recipe, n, runs[recipe][str(n)], flush=True)
+            save(report, out)
+    scaling_efficiency(runs)
+    print_scaling(report)
+    save(report, out)
+    if out:
+        print(f"wrote {out}")
+
+
+def print_scaling(report):
+    s = report["scaling"]
+    print(f"\n{report['card']}, {report['shape']} shape, global batch {s['global_batch']}; optimizer step "
+          f"(clipping + AdamW on the LoRA parameters) {s['step_overhead_ms']} ms per step")
+    print(f"{'recipe':18s} {'GPUs':>4s} {'real tok/s':>11s} {'per GPU':>8s} {'vs 1 GPU':>9s} {'pad %':>6s} "
+          f"{'peak GiB':>9s} {'s/step':>7s}")
+    for recipe, by_count in s["runs"].items():
+        for count, m in by_count.items():
+            if not m:
+                print(f"{recipe:18s} {count:>4s} failed")
+                continue
+            steps_s = m.get("train_steps_per_second")
+            print(f"{recipe:18s} {count:>4s} {m['real_tokens_per_s']:11.0f} {m['real_tokens_per_s'] / int(count):8.0f} "
+                  f"{100 * m.get('per_gpu_efficiency', float('nan')):8.1f}% {100 * m['padding_share']:6.1f} "
+                  f"{m.get('peak_gpu_gib', 0):9.1f} {1 / steps_s if steps_s else float('nan'):7.2f}")
 
 
 def save(report, out):

@@ -128,3 +128,23 @@ def test_each_rank_gets_its_micro_batches(tmp_path):
     for rank in (0, 1):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got["world"] == 2 and got["batches"] == expected[rank::2]
+
+
+@pytest.mark.parametrize("balance", [True, False])
+def test_trainer_hook(tmp_path, balance):
+    """The Trainer's sampler takes its micro-batch, accumulation and world size; balance_ranks False: the old one."""
+    from datasets import Dataset
+
+    from alpaca_cot import resumable
+    from alpaca_cot.trainer import _training_args
+
+    lengths = [(i * 7) % 50 + 1 for i in range(40)]
+    data = Dataset.from_dict({"input_ids": [[1]] * 40, "length": lengths})
+    args = _training_args(output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=3,
+                          group_by_length=True, length_column_name="length", use_cpu=True, report_to="none",
+                          seed=5, data_seed=5)
+    trainer = resumable.trainer_class()(model=torch.nn.Linear(1, 1), args=args, train_dataset=data)
+    trainer.balance_ranks = balance
+    sampler = trainer._get_train_sampler()
+    assert (sampler.batch_size, sampler.micro_batch_size, sampler.world) == (12, 4 if balance else None, 1)
+    assert list(sampler) == list(EpochSeededLengthSampler(lengths, 12, seed=5))  # one process: the same order
