@@ -4,8 +4,8 @@ transformers builds its length-grouped sampler without a generator, so each epoc
 from the global RNG at the moment the epoch starts, which a resumed run does not reproduce. Here
 the order of epoch e is drawn from seed + e, and the lengths come from the dataset's precomputed
 `length` column instead of measuring every row. Under several processes the order is balanced
-over ranks (rank_order.py) unless the trainer's `balance_ranks` is False. The whole run's loss is computed from the log
-history (which a checkpoint carries), with a log line forced at every checkpoint and at the end:
+over ranks (rank_order.py) unless the trainer's `balance_ranks` is False. The whole run's loss is
+computed from the log history (which a checkpoint carries), with a log line forced at every checkpoint and at the end:
 the Trainer's own train_loss covers only the steps of the last process start, and its final
 unlogged remainder is rank 0's own share rather than the average over ranks.
 """

@@ -24,7 +24,8 @@ def test_gpu_counts_are_checked():
 
 
 def test_scaling_command(tmp_path):
-    args = benchmark.finetune_command("none:32:unbalanced", tmp_path / "m", tmp_path / "d.json", tmp_path / "r", 45, 128)
+    args = benchmark.finetune_command("none:32:unbalanced", tmp_path / "m", tmp_path / "d.json", tmp_path / "r", 45,
+                                      128)
     assert args[1] == "finetune.py" and args[args.index("--batch_size") + 1] == "128"
     assert args[args.index("--micro_batch_size") + 1] == "32" and args[args.index("--max_steps") + 1] == "45"
     assert args[args.index("--balance_ranks") + 1] == "False"
