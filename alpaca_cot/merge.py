@@ -29,7 +29,10 @@ UNSUPPORTED = {"use_dora": "DoRA", "modules_to_save": "modules_to_save (full cop
                "target_parameters": "target_parameters", "alora_invocation_tokens": "aLoRA (activated LoRA)",
                "megatron_config": "Megatron layers", "use_qalora": "QALoRA", "use_bdlora": "BD-LoRA",
                "arrow_config": "Arrow routing"}
-DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+# safetensors dtype names and their torch dtypes (only what this torch can hold).
+STORED = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+          "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+          "F64": torch.float64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
 @dataclass
@@ -116,16 +119,28 @@ def base_files(folder: Path) -> tuple[list[str], dict | None]:
                     "reads only those: use --method peft for other formats")
 
 
-def read_headers(folder: Path, files: list[str]) -> dict[str, dict]:
-    """{file: {tensor name: (safetensors dtype, shape)}} from the headers alone, and the files' metadata."""
-    from safetensors import safe_open
+def read_header(path: Path) -> dict:
+    """A safetensors file's tensors {name: (dtype, shape, offsets)}, metadata and where its data starts.
+    Tensors are then read with plain reads, not safetensors' mmap, whose pages would count as this
+    process's memory until the file is closed (a whole shard of them)."""
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(length))
+        metadata = header.pop("__metadata__", None) or {}
+        tensors = {k: (v["dtype"], list(v["shape"]), tuple(v["data_offsets"])) for k, v in header.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, MemoryError):
+        raise UserError(f"{path} is not a readable safetensors file (truncated or damaged?)") from None
+    return {"tensors": dict(sorted(tensors.items(), key=lambda kv: kv[1][2])), "metadata": metadata, "start": 8 + length}
 
-    headers = {}
-    for name in files:
-        with safe_open(folder / name, framework="pt") as f:
-            headers[name] = {"tensors": {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape()))
-                                         for k in f.keys()}, "metadata": f.metadata() or {}}
-    return headers
+
+def read_tensor(f, start: int, dtype: str, shape: list[int], offsets: tuple[int, int]) -> torch.Tensor:
+    out = torch.empty(shape, dtype=STORED[dtype])
+    view = out.reshape(-1).view(torch.uint8).numpy()
+    f.seek(start + offsets[0])
+    if view.nbytes != offsets[1] - offsets[0] or f.readinto(view) != view.nbytes:
+        raise UserError(f"{f.name}: a tensor's bytes do not match its header (truncated or damaged file?)")
+    return out
 
 
 def weight_key(module: str, keys: set[str]) -> str | None:
@@ -136,12 +151,6 @@ def weight_key(module: str, keys: set[str]) -> str | None:
         return want
     found = [k for k in keys if want.endswith("." + k) or k.endswith("." + want)]
     return found[0] if len(found) == 1 else None
-
-
-# safetensors dtype names and their torch dtypes (only what this torch can hold).
-STORED = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
-          "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
-          "F64": torch.float64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
 @dataclass
@@ -165,14 +174,14 @@ class Plan:
 def plan(base: Path, loras: dict[str, Lora], dtype: torch.dtype | None, what: str) -> Plan:
     """Find each adapter module's weight in the base and check its shape; what names the pair in errors."""
     files, index = base_files(base)
-    headers = read_headers(base, files)
-    stored = {k: v for h in headers.values() for k, v in h["tensors"].items()}
+    headers = {name: read_header(base / name) for name in files}
+    stored = {k: v[:2] for h in headers.values() for k, v in h["tensors"].items()}
     for dt, _ in stored.values():
         if dt not in STORED:
             raise UserError(f"{base}: tensors of dtype {dt} cannot be read here")
-    targets = {}
+    targets, keys = {}, set(stored)
     for module, lora in loras.items():
-        key = weight_key(module, set(stored))
+        key = weight_key(module, keys)
         if key is None:
             raise UserError(f"{what}: the base has no weight for adapter module {module} (trained on another "
                             "base, or a tied or renamed weight?)")
@@ -208,20 +217,19 @@ def write_safetensors(path: Path, entries: list[tuple[str, torch.dtype, list[int
         raise RuntimeError(f"{path}: wrote {path.stat().st_size} bytes, expected {8 + len(blob) + offset}")
 
 
-def merged_tensors(handle, names, plan_: Plan, loras: dict[str, Lora], progress):
+def merged_tensors(f, header: dict, plan_: Plan, loras: dict[str, Lora], progress):
     """Each tensor of one file in turn, merged where the adapter targets it, in the output dtype."""
-    for name in names:
-        tensor = handle.get_tensor(name)
+    for name, (dtype, shape, offsets) in header["tensors"].items():
+        tensor = read_tensor(f, header["start"], dtype, shape, offsets)
         if name in plan_.targets:
             tensor = tensor.float() + loras[plan_.targets[name]].delta()
-        tensor = tensor.to(plan_.out_dtype(plan_.stored[name][0]))
+        tensor = tensor.to(plan_.out_dtype(dtype))
         progress.update(tensor.numel() * tensor.element_size())
         yield tensor
 
 
 def merge_checkpoint(base, adapter, out, dtype: torch.dtype | None = None, what: str = "adapter") -> dict:
     """Write base + adapter into the (existing, empty) folder out; returns counts for the report."""
-    from safetensors import safe_open
     from tqdm.auto import tqdm
 
     base, out = Path(base), Path(out)
@@ -230,11 +238,11 @@ def merge_checkpoint(base, adapter, out, dtype: torch.dtype | None = None, what:
     with tqdm(total=plan_.out_bytes(), unit="B", unit_scale=True, desc="merging") as progress:
         for file in plan_.files:
             progress.set_postfix_str(file)
-            tensors = plan_.headers[file]["tensors"]
-            entries = [(k, plan_.out_dtype(dt), shape) for k, (dt, shape) in tensors.items()]
-            with safe_open(base / file, framework="pt") as handle:
-                write_safetensors(out / file, entries, merged_tensors(handle, list(tensors), plan_, loras, progress),
-                                  plan_.headers[file]["metadata"])
+            header = plan_.headers[file]
+            entries = [(k, plan_.out_dtype(dt), shape) for k, (dt, shape, _) in header["tensors"].items()]
+            with open(base / file, "rb") as f:
+                write_safetensors(out / file, entries, merged_tensors(f, header, plan_, loras, progress),
+                                  header["metadata"])
     if plan_.index is not None:
         index = {**plan_.index, "metadata": {**plan_.index.get("metadata", {}), "total_size": plan_.out_bytes()}}
         (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
