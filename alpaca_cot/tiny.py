@@ -35,7 +35,8 @@ def train_sentencepiece(out_file: Path, texts: list[str], vocab_size: int = 1024
 
 
 # LLaMA-1 shapes: hidden size, MLP size, layers, heads.
-SHAPES = {"7b": (4096, 11008, 32, 32), "13b": (5120, 13824, 40, 40)}
+SHAPES = {"7b": (4096, 11008, 32, 32), "13b": (5120, 13824, 40, 40), "30b": (6656, 17920, 60, 52),
+          "65b": (8192, 22016, 80, 64)}
 
 
 def build(out_dir, tokenizer_model=None, hidden_size=128, layers=2, heads=4, seed=0, init_std=None, shape=None):
