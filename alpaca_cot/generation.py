@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from . import models
-from .checkpoints import check_adapter
+from .adapters import check_adapter
 from .checks import DECODING_RULES, require
 from .cli import UserError
 from .preprocess import encode_prompt

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from alpaca_cot import answer as answering
-from alpaca_cot import checkpoints, cli
+from alpaca_cot import adapters, checkpoints, cli
 from alpaca_cot.cli import UserError, exit_on_interrupt
 from alpaca_cot.train import finetune
 
@@ -96,7 +96,7 @@ def test_killed_run_resumes_to_the_same_adapter(point, resumes_from, reference, 
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     if point == "final":  # what generate.py reads: the committed save, finished
-        checkpoints.check_adapter(out)
+        adapters.check_adapter(out)
         assert same_tensors(adapter_of(out), adapter_of(reference))
     capsys.readouterr()
     trainer = finetune(**f, resume_from_checkpoint="auto")
@@ -156,7 +156,7 @@ def test_ddp_reports_the_loss_of_a_single_process(tmp_path, tiny_llama, small_da
 def test_auto_resume_never_trains_over_an_adapter_without_checkpoints(reference, tiny_llama, small_data, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    for name in checkpoints.ADAPTER_FILES:
+    for name in adapters.ADAPTER_FILES:
         (out / name).write_bytes((reference / name).read_bytes())
     before = (out / "adapter_model.safetensors").read_bytes()
     with pytest.raises(UserError, match="no checkpoint to resume from"):
@@ -164,7 +164,7 @@ def test_auto_resume_never_trains_over_an_adapter_without_checkpoints(reference,
     with pytest.raises(UserError, match="would train over it"):
         finetune(**flags(tiny_llama, small_data, out, max_steps=1), resume_from_checkpoint=str(reference / "checkpoint-6"))
     assert (out / "adapter_model.safetensors").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == sorted(checkpoints.ADAPTER_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(adapters.ADAPTER_FILES)
 
 
 def test_checkpoints_of_another_run_are_refused_or_cleared(reference, tiny_llama, small_data, tmp_path):
@@ -216,27 +216,27 @@ def test_adapter_config_and_weights_always_belong_together(reference, tmp_path, 
 
     class Saver:
         def save_pretrained(self, folder):
-            for name in checkpoints.ADAPTER_FILES:
+            for name in adapters.ADAPTER_FILES:
                 shutil.copy(reference / name, Path(folder) / name)
 
     moves = []
     real_replace = os.replace
 
     def killed_after_one_move(src, dst):
-        if checkpoints.COMMIT in str(src) and moves:
+        if adapters.COMMIT in str(src) and moves:
             raise KeyboardInterrupt  # stands for the kill: nothing after this line runs
         moves.append(src)
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", killed_after_one_move)
     with pytest.raises(KeyboardInterrupt):
-        checkpoints.save_adapter(Saver(), SimpleNamespace(save_pretrained=lambda folder: None), out)
+        adapters.save_adapter(Saver(), SimpleNamespace(save_pretrained=lambda folder: None), out)
     monkeypatch.setattr(os, "replace", real_replace)
-    checkpoints.check_adapter(out)  # generate.py's and the export's check finishes the committed save
+    adapters.check_adapter(out)  # generate.py's and the export's check finishes the committed save
     assert (out / "adapter_config.json").read_bytes() == (reference / "adapter_config.json").read_bytes()
     assert same_tensors(adapter_of(out), adapter_of(reference))
     assert (out / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in out.iterdir()) == sorted([*checkpoints.ADAPTER_FILES, "notes.txt"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*adapters.ADAPTER_FILES, "notes.txt"])
 
 
 # ---- export ----
@@ -256,7 +256,7 @@ def test_export_never_deletes_a_source(reference, tiny_llama, tmp_path):
     base, adapter = tmp_path / "models" / "base", tmp_path / "models" / "adapter"
     shutil.copytree(tiny_llama, base)
     adapter.mkdir()
-    for name in checkpoints.ADAPTER_FILES:
+    for name in adapters.ADAPTER_FILES:
         shutil.copy(reference / name, adapter / name)
     export = load_export()
     for out in (tmp_path / "models", tmp_path, adapter / "merged", base / "merged"):
@@ -339,7 +339,7 @@ def test_truncated_adapter_fails_before_the_base_loads(reference, tmp_path, monk
         (folder / "adapter_model.safetensors").write_bytes(weights[:cut])
         with pytest.raises(UserError, match="empty or truncated"):
             generation.Generator(str(reference), str(folder))
-    checkpoints.check_adapter(reference)  # the whole file passes
+    adapters.check_adapter(reference)  # the whole file passes
 
 
 def test_speed_summary_without_a_measured_step():
