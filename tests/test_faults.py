@@ -18,17 +18,14 @@ from alpaca_cot import answer as answering
 from alpaca_cot import adapters, checkpoints, cli
 from alpaca_cot.cli import UserError, exit_on_interrupt
 from alpaca_cot.train import finetune
+from conftest import error_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The same sums in this process as in the subprocesses (OMP_NUM_THREADS=1): bitwise comparisons."""
-    before, _ = torch.get_num_threads(), torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The same sums in this process as in the subprocesses (OMP_NUM_THREADS=1): bitwise comparisons.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +69,7 @@ def run_cli(fn, argv, monkeypatch, capsys) -> tuple[int, str]:
 
 def one_error_line(code, err, *words):
     assert code == 2 and "Traceback" not in err, err[-2000:]
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    lines = error_lines(err)
     assert len(lines) == 1 and all(w in lines[0] for w in words), (words, err[-2000:])
 
 
@@ -420,7 +417,7 @@ def test_ctrl_c_exits_130_in_one_line(tmp_path, monkeypatch, capsys):
             fn()
         assert e.value.code == 130
         err = capsys.readouterr().err
-        assert [line for line in err.splitlines() if line.startswith("error:")] == ["error: interrupted"]
+        assert error_lines(err) == ["error: interrupted"]
         assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no answers, no temp file
 
@@ -440,7 +437,7 @@ def test_ctrl_c_while_streaming_exits_cleanly(tiny_llama, tmp_path):
         proc.send_signal(signal.SIGINT)
         err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, (proc.returncode, err[-2000:])
-    assert [line for line in err.splitlines() if line.startswith("error:")] == ["error: interrupted"], err[-2000:]
+    assert error_lines(err) == ["error: interrupted"], err[-2000:]
 
 
 def test_sigterm_leaves_no_temp_file(tmp_path):
