@@ -1,4 +1,5 @@
-"""An adapter folder's files: saved as a unit, finished after an interrupted save, checked before loading.
+"""The LoRA adapter's folder, in one place: saved as a unit, finished after an interrupted save, checked
+before anything loads, and loaded from a folder or a hub id (with the tokenizer saved beside it).
 
 The adapter is replaced as a unit: its files are staged in `.saving-*`, the complete staging folder is
 renamed to `.adapter-commit`, and then its files are moved in one by one. Whoever finds
@@ -14,12 +15,14 @@ import struct
 import tempfile
 from pathlib import Path
 
+from . import models
 from .cli import UserError
 
 STAGING_PREFIX = ".saving-"
 COMMIT = ".adapter-commit"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
 
 
 def holds_adapter(folder: Path) -> bool:
@@ -86,3 +89,43 @@ def check_adapter(lora_weights):
         raise UserError(f"no adapter weights in {lora_weights} ({ADAPTER_WEIGHTS[0]} missing)")
     if weights[0].suffix == ".safetensors":
         check_safetensors(weights[0])
+
+
+def is_hub_adapter(lora_weights) -> bool:
+    """An adapter id on the hub (org/name) rather than a local folder."""
+    return lora_weights is not None and "/" in str(lora_weights) and models.is_hub_id(str(lora_weights))
+
+
+def check_adapter_source(lora_weights):
+    """A local adapter folder must hold a complete adapter; a hub id must be reachable."""
+    if is_hub_adapter(lora_weights):
+        models.check_hub_reachable(str(lora_weights))
+    else:
+        check_adapter(lora_weights)
+
+
+def tokenizer_source(lora_weights, base_name: str) -> str:
+    """The adapter folder's tokenizer (finetune.py saves one there) wins over the base model's; a hub
+    adapter's tokenizer is the base's."""
+    if is_hub_adapter(lora_weights):
+        return base_name
+    if lora_weights is not None and any((Path(lora_weights) / f).is_file() for f in TOKENIZER_FILES):
+        return str(lora_weights)
+    return base_name
+
+
+def load_adapter(model, lora_weights, base_name: str):
+    """model with the LoRA adapter saved in lora_weights; a one-line UserError if it is missing or
+    was trained on another base (generate.py and scripts/export_hf_checkpoint.py share this)."""
+    from peft import PeftModel
+
+    check_adapter_source(lora_weights)
+    try:
+        return PeftModel.from_pretrained(model, str(lora_weights))
+    except RuntimeError as e:  # size mismatch: trained on another base
+        first = str(e).strip().splitlines()
+        raise UserError(f"adapter {lora_weights} does not fit base model {base_name} "
+                        f"(trained on another base?): {first[1].strip() if len(first) > 1 else first[0]}") from None
+    except (KeyError, TypeError, ValueError, OSError) as e:  # not PEFT's adapter_config.json, or no hub repo
+        raise UserError(f"could not load the adapter in {lora_weights}: {type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None

@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 
 from alpaca_cot import checkpoints, models, recipes
+from alpaca_cot.adapters import is_hub_adapter, load_adapter, tokenizer_source
 from alpaca_cot.cli import UserError
-from alpaca_cot.generation import decoding_kwargs, is_hub_adapter, load_adapter, tokenizer_source
+from alpaca_cot.generation import decoding_kwargs
 from alpaca_cot.preprocess import IGNORE, _bos, encode_batch, encode_prompt
 from alpaca_cot.prompter import Prompter
 from alpaca_cot.throughput import CountingCollator
 from alpaca_cot.train import finetune, write_summary
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # The 2023 prompts, as PhoebusSi/Alpaca-CoT finetune.py (07b8421) and generate.py (1d819b6) wrote them:
 # training ends the prompt with "### Response:\n" + output, generation with "### Response:".
