@@ -19,9 +19,8 @@ import pytest
 
 from alpaca_cot.checks import check_finetune_flags
 from alpaca_cot.cli import UserError, arg_descriptions, parse_argv, signature_only
-from conftest import one_error_line, run_python
+from conftest import ROOT, one_error_line, run_python
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = [ROOT / "finetune.py", ROOT / "generate.py", *sorted((ROOT / "scripts").glob("*.py"))]
 # (script, "name") for run(name); (script, "module:name") for run("module:name")
 ENTRIES = [(script, name) for script in SCRIPTS

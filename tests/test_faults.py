@@ -18,9 +18,8 @@ from alpaca_cot import answer as answering
 from alpaca_cot import adapters, checkpoints, cli
 from alpaca_cot.cli import UserError, exit_on_interrupt
 from alpaca_cot.train import finetune
-from conftest import error_lines
+from conftest import ROOT, error_lines
 
-ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 

@@ -8,9 +8,7 @@ import pytest
 import torch
 
 from alpaca_cot.cli import UserError
-from conftest import free_port, logits, mean_loss, only_error, run_python, small_run
-
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, free_port, logits, mean_loss, only_error, run_python, small_run
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,8 @@ from alpaca_cot import answer as answering
 from alpaca_cot.cli import UserError
 from alpaca_cot.generation import COT_TRIGGER, Generator, decoding_kwargs, with_cot
 from alpaca_cot.train import finetune
-from conftest import ALL_LINEAR, logits, only_error, run_python
+from conftest import ALL_LINEAR, ROOT, logits, only_error, run_python
 
-ROOT = Path(__file__).resolve().parent.parent
 GREEDY = decoding_kwargs(max_new_tokens=8)
 SAMPLING = decoding_kwargs(max_new_tokens=8, temperature=0.8, top_p=0.9)
 # Inputs that a command line parser could take for Python literals (a tuple, a list, None).
