@@ -18,7 +18,7 @@ from alpaca_cot import answer as answering
 from alpaca_cot import adapters, checkpoints, cli
 from alpaca_cot.cli import UserError, exit_on_interrupt
 from alpaca_cot.train import finetune
-from conftest import ROOT, error_lines
+from conftest import ROOT, error_lines, free_port, run_python
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
@@ -88,8 +88,7 @@ def test_killed_run_resumes_to_the_same_adapter(point, resumes_from, reference, 
                                                 capsys):
     out = tmp_path / "run"
     f = flags(tiny_llama, small_data, out)
-    proc = subprocess.run([sys.executable, "tests/finetune_killed.py", *as_cli(f)], cwd=ROOT, env=dict(ENV, KILL_AT=point),
-                          capture_output=True, text=True, timeout=300)
+    proc = run_python("tests/finetune_killed.py", *as_cli(f), env=dict(ENV, KILL_AT=point))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     if point == "final":  # what generate.py reads: the committed save, finished
         adapters.check_adapter(out)
@@ -130,18 +129,12 @@ def test_run_loss_counts_every_logged_step():
 
 def test_ddp_reports_the_loss_of_a_single_process(tmp_path, tiny_llama, small_data):
     """torchrun's ranks each see half of each batch: the run's loss is the same as one process's."""
-    import socket
-
     f = flags(tiny_llama, small_data, tmp_path / "one", batch_size=8, num_epochs=1, max_steps=3, save_steps=100,
               lora_dropout=0.0, logging_steps=10)
     finetune(**f)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     f["output_dir"] = str(tmp_path / "two")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(port), "finetune.py", *as_cli(f)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_python("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+                      "finetune.py", *as_cli(f), env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = (json.loads((tmp_path / d / "train_summary.json").read_text())["train_loss"] for d in ("one", "two"))
     assert two == pytest.approx(one, rel=1e-4)
@@ -443,7 +436,7 @@ def test_sigterm_leaves_no_temp_file(tmp_path):
     code = ("import os, signal, sys\nfrom alpaca_cot.io import atomic_open\n"
             f"with atomic_open({str(tmp_path / 'answers.jsonl')!r}) as f:\n"
             "    f.write('half')\n    os.kill(os.getpid(), signal.SIGTERM)\n    signal.pause()\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = run_python("-c", code, timeout=60)
     assert proc.returncode in (143, -signal.SIGTERM)
     assert list(tmp_path.iterdir()) == []
 
