@@ -1,30 +1,25 @@
-"""The rules of finetune's output folder, shared by finetune.py, generate.py and the export script.
+"""finetune's output folder: what defines a run, its checkpoints, and the plan for resuming or starting over.
 
 An output folder holds one run: `run.json` (what defines the run: base model, data files, the
 flags that change training), `checkpoint-N` folders (resumable once their trainer_state.json is
-written: Trainer writes it last) and the adapter the run saved last. The adapter is replaced as a
-unit: its files are staged in `.saving-*`, the complete staging folder is renamed to
-`.adapter-commit`, and then its files are moved in one by one. Whoever finds `.adapter-commit`
-(the next run, generate.py, the export) finishes those moves first, so adapter_config.json and the
-weights always come from the same save; a `.saving-*` folder is an unfinished save and is dropped.
+written: Trainer writes it last) and the adapter the run saved last (alpaca_cot/adapters.py saves
+it as a unit). `default_output_dir` is the one rule by which finetune.py names the folder and
+generate.py and the export find it.
 """
 
 import json
 import os
 import shutil
-import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# save_adapter and check_adapter are also imported from here (train.py, the export script).
+from .adapters import check_adapter, finish_interrupted_save, holds_adapter, save_adapter  # noqa: F401
 from .cli import UserError
 from .io import sha256, write_json_atomic
 
 RUN_FILE = "run.json"
-STAGING_PREFIX = ".saving-"
-COMMIT = ".adapter-commit"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 CHECKPOINT_PREFIX = "checkpoint-"
 # finetune flags that do not change what is trained: a run resumed with other values is the same run.
 # num_epochs and max_steps may grow on resume to extend a run.
@@ -90,74 +85,6 @@ def last_complete(folder: Path, warn=print) -> tuple[Path | None, list[Path]]:
         warn(f"warning: skipping {checkpoint}: half-written (no complete trainer_state.json)")
         incomplete.append(checkpoint)
     return None, incomplete
-
-
-# ---- the adapter, replaced as a unit ----
-
-def holds_adapter(folder: Path) -> bool:
-    return (folder / COMMIT).is_dir() or any((folder / f).exists() for f in ADAPTER_WEIGHTS)
-
-
-def finish_interrupted_save(folder: Path):
-    """Move in the files of a committed save that a kill interrupted; drop unfinished staging folders."""
-    commit = folder / COMMIT
-    if commit.is_dir():
-        for path in sorted(commit.iterdir(), key=lambda p: p.name in ADAPTER_FILES):
-            os.replace(path, folder / path.name)
-        commit.rmdir()
-    for leftover in folder.glob(STAGING_PREFIX + "*") if folder.is_dir() else ():
-        shutil.rmtree(leftover, ignore_errors=True)
-
-
-def save_adapter(model, tokenizer, folder: Path):
-    """Stage the adapter and tokenizer, commit the staging folder with one rename, then move its files in."""
-    folder.mkdir(parents=True, exist_ok=True)
-    finish_interrupted_save(folder)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        for f in ADAPTER_FILES:
-            if not (staging / f).is_file() or (staging / f).stat().st_size == 0:
-                raise RuntimeError(f"saving the adapter produced no {f}")
-        os.replace(staging, folder / COMMIT)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    finish_interrupted_save(folder)
-
-
-def check_safetensors(path: Path):
-    """A one-line error for an empty or truncated safetensors file, read from its header alone."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length)) if 8 + length <= size else None
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    except (struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError):
-        header = end = None
-    if header is None or 8 + length + end > size:
-        raise UserError(f"{path} is empty or truncated ({size} bytes): an interrupted save or copy? "
-                        "train again or copy it again")
-
-
-def check_adapter(lora_weights):
-    """Fail before any model is loaded if lora_weights holds no complete adapter."""
-    folder = Path(lora_weights)
-    if (folder / COMMIT).is_dir():
-        try:
-            finish_interrupted_save(folder)
-        except OSError as e:
-            raise UserError(f"{folder} holds an interrupted adapter save that could not be finished: "
-                            f"{e.strerror}") from None
-    if not (folder / "adapter_config.json").is_file():
-        raise UserError(f"no adapter in {lora_weights} (adapter_config.json missing); train one with "
-                        "finetune.py or pass --lora_weights")
-    weights = [folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()]
-    if not weights:
-        raise UserError(f"no adapter weights in {lora_weights} ({ADAPTER_WEIGHTS[0]} missing)")
-    if weights[0].suffix == ".safetensors":
-        check_safetensors(weights[0])
 
 
 # ---- the output folder's rules ----

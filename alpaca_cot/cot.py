@@ -115,7 +115,8 @@ def format_dataset(name, rows, templates, rng):
 
 
 def question_key(question: str) -> str:
-    """What makes two questions the same for holding out: case and spacing ignored."""
+    """What makes two questions the same for holding out: case, spacing and FLAN's literal \\n ignored (lighter
+    than dedup.normalise, which also drops punctuation; study.key shares this one to keep its draw)."""
     return " ".join(question.replace("\\n", " ").lower().split())
 
 

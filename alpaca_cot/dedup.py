@@ -30,6 +30,7 @@ _B = _rng.integers(0, _PRIME, HASHES, dtype=np.uint64)
 
 
 def normalise(text: str) -> str:
+    """The key for dedup and decontamination (see above); cot.question_key is the lighter one hold-outs draw by."""
     text = unicodedata.normalize("NFKC", text).replace("\\n", " ").lower()
     kept = "".join(c if unicodedata.category(c)[0] not in "PS" else " " for c in text)
     return " ".join(kept.split())

@@ -6,12 +6,11 @@ Answers are cut from the generated ids after the prompt, never by splitting text
 """
 
 import threading
-from pathlib import Path
 
 import torch
 
 from . import models
-from .checkpoints import check_adapter
+from .adapters import check_adapter_source, load_adapter, tokenizer_source
 from .checks import DECODING_RULES, require
 from .cli import UserError
 from .preprocess import encode_prompt
@@ -41,49 +40,6 @@ def decoding_kwargs(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, num
     else:  # keep the model's generation_config from adding sampling knobs to greedy/beam runs
         kwargs.update(temperature=None, top_p=None, top_k=None)
     return kwargs
-
-
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
-
-
-def is_hub_adapter(lora_weights) -> bool:
-    """An adapter id on the hub (org/name) rather than a local folder."""
-    return lora_weights is not None and "/" in str(lora_weights) and models.is_hub_id(str(lora_weights))
-
-
-def check_adapter_source(lora_weights):
-    """A local adapter folder must hold a complete adapter; a hub id must be reachable."""
-    if is_hub_adapter(lora_weights):
-        models.check_hub_reachable(str(lora_weights))
-    else:
-        check_adapter(lora_weights)
-
-
-def tokenizer_source(lora_weights, base_name: str) -> str:
-    """The adapter folder's tokenizer (finetune.py saves one there) wins over the base model's; a hub
-    adapter's tokenizer is the base's."""
-    if is_hub_adapter(lora_weights):
-        return base_name
-    if lora_weights is not None and any((Path(lora_weights) / f).is_file() for f in TOKENIZER_FILES):
-        return str(lora_weights)
-    return base_name
-
-
-def load_adapter(model, lora_weights, base_name: str):
-    """model with the LoRA adapter saved in lora_weights; a one-line UserError if it is missing or
-    was trained on another base (generate.py and scripts/export_hf_checkpoint.py share this)."""
-    from peft import PeftModel
-
-    check_adapter_source(lora_weights)
-    try:
-        return PeftModel.from_pretrained(model, str(lora_weights))
-    except RuntimeError as e:  # size mismatch: trained on another base
-        first = str(e).strip().splitlines()
-        raise UserError(f"adapter {lora_weights} does not fit base model {base_name} "
-                        f"(trained on another base?): {first[1].strip() if len(first) > 1 else first[0]}") from None
-    except (KeyError, TypeError, ValueError, OSError) as e:  # not PEFT's adapter_config.json, or no hub repo
-        raise UserError(f"could not load the adapter in {lora_weights}: {type(e).__name__}: "
-                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
 
 
 # With a compiled static cache, prompts are left-padded to a multiple of this, so that a file of

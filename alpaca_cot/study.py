@@ -27,7 +27,9 @@ SOURCES = ("alpaca", "belle", "cot")
 
 
 def key(record: dict) -> str:
-    return " ".join(f"{record['instruction']} {record.get('input', '')}".replace("\\n", " ").lower().split())
+    """cot.question_key of instruction and input. Not dedup.normalise: the held-out draw samples these keys
+    sorted, so a stronger normalisation would re-draw the committed study (dedup still checks for leaks)."""
+    return cot.question_key(f"{record['instruction']} {record.get('input', '')}")
 
 
 def split_records(records: list[dict], n_eval: int, rng: random.Random) -> tuple[list, list]:

@@ -4,7 +4,10 @@
         [--cutoff_len 512] [--prompt_template_name alpaca] [--skip_bad_records] [--json OUT] [--num_proc N]
 
 Records, tokenizer and prompt go through the same code as finetune.py, so the lengths
-(BOS and EOS included) are those training sees; `>cutoff` counts the records it would cut.
+(BOS and EOS included) are those training sees. Columns: records; no_input% (records whose input is
+empty); len_p50/p90/p99/max (percentiles and maximum of a record's tokens); over_cutoff and
+over_cutoff% (records longer than --cutoff_len, which training cuts); prompt_mean and response_mean
+(mean tokens of the prompt with BOS, and of the response with EOS).
 """
 
 import sys
@@ -17,14 +20,14 @@ from alpaca_cot.io import write_json_atomic
 from alpaca_cot.prompter import Prompter
 from alpaca_cot.stats import length_stats
 
-HEADER = (f"{'source':24s} {'records':>8s} {'empty_in':>8s} {'p50':>6s} {'p90':>6s} {'p99':>6s} {'max':>6s} "
-          f"{'>cutoff':>8s} {'%':>6s} {'prompt':>7s} {'response':>8s}")
+HEADER = (f"{'source':24s} {'records':>8s} {'no_input%':>9s} {'len_p50':>7s} {'len_p90':>7s} {'len_p99':>7s} "
+          f"{'len_max':>7s} {'over_cutoff':>11s} {'over_cutoff%':>12s} {'prompt_mean':>11s} {'response_mean':>13s}")
 
 
 def row(name: str, s: dict) -> str:
-    return (f"{name[:24]:24s} {s['records']:8d} {100 * s['empty_input_share']:7.1f}% {s['p50']:6d} {s['p90']:6d} "
-            f"{s['p99']:6d} {s['max']:6d} {s['over_cutoff']:8d} {s['over_cutoff_pct']:6.2f} "
-            f"{s['prompt_mean']:7.1f} {s['response_mean']:8.1f}")
+    return (f"{name[:24]:24s} {s['records']:8d} {100 * s['empty_input_share']:9.1f} {s['p50']:7d} {s['p90']:7d} "
+            f"{s['p99']:7d} {s['max']:7d} {s['over_cutoff']:11d} {s['over_cutoff_pct']:12.2f} "
+            f"{s['prompt_mean']:11.1f} {s['response_mean']:13.1f}")
 
 
 def main(data="cot", base_model=None, size=7, cutoff_len=512, prompt_template_name="alpaca",
@@ -49,8 +52,8 @@ def main(data="cot", base_model=None, size=7, cutoff_len=512, prompt_template_na
     tokenizer = models.load_tokenizer(models.base_model_name(size, base_model))
     stats = length_stats(columns, tokenizer, prompter, cutoff_len, num_proc)
 
-    print(f"token lengths (BOS+prompt+response+EOS), template {prompter.name}, cutoff_len {cutoff_len}; "
-          "prompt/response: mean tokens")
+    print(f"tokens per record (BOS + prompt + response + EOS) under template {prompter.name}; "
+          f"over_cutoff: longer than cutoff_len {cutoff_len}")
     print(HEADER)
     for name, s in stats["sources"].items():
         print(row(name, s))

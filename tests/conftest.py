@@ -1,9 +1,10 @@
 """Shared fixtures and helpers: the real data in ../shared, a tiny LLaMA with the real tokenizer, offline hub,
-and the small training run and loss helpers several test files use."""
+the small training run, loss and logits helpers, and running a script and reading its one error line."""
 
 import json
 import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -49,12 +50,59 @@ def mean_loss(model, tokenizer, records):
     return sum(losses) / len(losses)
 
 
+def logits(model, tokenizer, text="Give three tips for staying healthy."):
+    import torch
+
+    with torch.inference_mode():
+        return model(**tokenizer([text], return_tensors="pt")).logits
+
+
+def run_python(*args, cwd=ROOT, env=None, stdin=None, timeout=300) -> subprocess.CompletedProcess:
+    """`python *args` (a script or -m module, and its flags) in a child process, its output as text."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, input=stdin, env=env)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def one_error_line(proc) -> str:
+    """Bad input: exit code 2, and stderr is the one line `error: ...` and nothing else."""
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    return lines[0]
+
+
+def only_error(proc, *words) -> str:
+    """A failed run: exactly one `error:` line on stderr naming all of `words`, and no traceback."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert all(w in lines[0] for w in words), (words, lines[0])
+    return lines[0]
+
+
 def free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny matrices
+    run faster on one, and the sums equal those of child processes run with OMP_NUM_THREADS=1."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -28,7 +28,7 @@ def patch(owner, name, when):
 def install(point: str):
     from transformers import Trainer
 
-    from alpaca_cot import checkpoints
+    from alpaca_cot import adapters
 
     kind, _, n = point.partition(":")
     if kind == "step":
@@ -42,7 +42,7 @@ def install(point: str):
     elif kind == "save":
         patch(Trainer, "_save_rng_state", lambda self, *a, **k: self.state.global_step == int(n))
     elif kind == "final":
-        patch(os, "replace", lambda src, dst, **k: checkpoints.COMMIT in str(src)
+        patch(os, "replace", lambda src, dst, **k: adapters.COMMIT in str(src)
               and Path(src).name == "adapter_model.safetensors")
 
 

@@ -4,8 +4,6 @@ and of scripts/download_data.py (its offline error path only: nothing here reach
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -14,20 +12,9 @@ from alpaca_cot.cli import UserError
 from alpaca_cot.preprocess import encode_batch, encode_prompt
 from alpaca_cot.prompter import Prompter
 from alpaca_cot.stats import length_stats
+from conftest import one_error_line, run_python
 
 GOOD = {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}
-
-
-def script(*args, env=None):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env=env)
-
-
-def one_error_line(result) -> str:
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def write(path, records, blank_lines=False):
@@ -244,13 +231,13 @@ def test_belle_sample(belle_sample):
 
 
 def test_finetune_missing_data_file():
-    line = one_error_line(script("finetune.py", "--data", "/nonexistent.json", "--quantization", "none"))
+    line = one_error_line(run_python("finetune.py", "--data", "/nonexistent.json", "--quantization", "none"))
     assert "/nonexistent.json" in line
 
 
 def test_finetune_malformed_data_file(tmp_path):
     path = write(tmp_path / "bad.jsonl", [GOOD, {"instruction": "x"}])
-    line = one_error_line(script("finetune.py", "--data", path, "--quantization", "none",
+    line = one_error_line(run_python("finetune.py", "--data", path, "--quantization", "none",
                                  "--output_dir", tmp_path / "out"))
     assert str(path) in line and "line 2" in line and "'output'" in line
 
@@ -283,7 +270,7 @@ def test_length_stats_splits_by_source(llama_tokenizer):
 @pytest.fixture(scope="module")
 def stats_run(tmp_path_factory, tiny_llama, alpaca_sample, belle_sample):
     out = tmp_path_factory.mktemp("stats") / "stats.json"
-    result = script("scripts/data_stats.py", "--data", f"{alpaca_sample},{belle_sample}", "--base_model", tiny_llama,
+    result = run_python("scripts/data_stats.py", "--data", f"{alpaca_sample},{belle_sample}", "--base_model", tiny_llama,
                     "--cutoff_len", 256, "--skip_bad_records", "--json", out)
     assert result.returncode == 0, result.stderr
     return result, json.loads(out.read_text(encoding="utf-8"))
@@ -293,12 +280,18 @@ def test_data_stats_end_to_end(stats_run, llama_tokenizer, alpaca_sample, belle_
     result, stats = stats_run
     assert stats["cutoff_len"] == 256 and stats["template"] == "alpaca"
     prompter = Prompter("alpaca")
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("source ")).split()
     for path, stem in ((alpaca_sample, "alpaca_cleaned.sample"), (belle_sample, "belle_cn.sample")):
         records, _ = data.load_file(path, skip_bad_records=True)
         s = stats["sources"][stem]
         assert s["records"] == len(records)
         assert s["p50"] <= s["p90"] <= s["p99"] <= s["max"]
         assert re.search(rf"^{re.escape(stem)}\s+{len(records)}\s", result.stdout, re.M)
+        printed = dict(zip(header, next(line for line in lines if line.startswith(stem + " ")).split()))
+        no_input = 100 * sum(not r["input"] for r in records) / len(records)
+        assert abs(float(printed["no_input%"]) - no_input) <= 0.05 + 1e-9
+        assert int(printed["len_max"]) == s["max"] and int(printed["over_cutoff"]) == s["over_cutoff"]
         # Independently: BOS + prompt and response tokenised together + EOS.
         texts = [prompter.prompt(r["instruction"], r["input"]) + r["output"] for r in records]
         ids = llama_tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
@@ -314,7 +307,7 @@ def test_data_stats_end_to_end(stats_run, llama_tokenizer, alpaca_sample, belle_
 
 
 def test_data_stats_bad_data_is_one_line(tiny_llama, alpaca_sample):
-    line = one_error_line(script("scripts/data_stats.py", "--data", alpaca_sample, "--base_model", tiny_llama))
+    line = one_error_line(run_python("scripts/data_stats.py", "--data", alpaca_sample, "--base_model", tiny_llama))
     assert str(alpaca_sample) in line and "'output' is empty" in line
 
 
@@ -331,19 +324,19 @@ def offline_env(tmp_path):
                                               ("belle", "BelleGroup/train_0.5M_CN")])
 def test_download_offline_is_one_clean_line(tmp_path, offline_env, name, dataset_id):
     out = tmp_path / "out" / "data.json"
-    line = one_error_line(script("scripts/download_data.py", name, "--out", out, env=offline_env))
+    line = one_error_line(run_python("scripts/download_data.py", name, "--out", out, env=offline_env))
     assert dataset_id in line and str(out) in line and "by hand" in line
     assert not out.exists()
     assert not out.parent.exists() or not any(out.parent.iterdir())  # no temp file left either
 
 
 def test_download_default_target_is_the_registry_file(offline_env):
-    line = one_error_line(script("scripts/download_data.py", "alpaca", env=offline_env))
+    line = one_error_line(run_python("scripts/download_data.py", "alpaca", env=offline_env))
     assert str(DATA_DIR / data.REGISTRY["alpaca"].file) in line
 
 
 def test_download_unknown_name(offline_env):
-    line = one_error_line(script("scripts/download_data.py", "llama", env=offline_env))
+    line = one_error_line(run_python("scripts/download_data.py", "llama", env=offline_env))
     assert "'llama'" in line and "alpaca, belle, cot" in line
 
 
@@ -374,7 +367,7 @@ def test_download_writes_the_records(tmp_path, monkeypatch, capsys):
 
 def test_download_cot_runs_format_cot(shared_dir, tmp_path):
     out = tmp_path / data.REGISTRY["cot"].file
-    result = script("scripts/download_data.py", "cot", "--src", shared_dir / "data" / "flan_cot", "--out", out)
+    result = run_python("scripts/download_data.py", "cot", "--src", shared_dir / "data" / "flan_cot", "--out", out)
     assert result.returncode == 0, result.stderr
     assert "format_cot.py" in result.stdout
     assert data.resolve("cot", data_dir=tmp_path) == [out]

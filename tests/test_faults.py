@@ -15,20 +15,16 @@ import torch
 from safetensors.torch import load_file
 
 from alpaca_cot import answer as answering
-from alpaca_cot import checkpoints, cli
+from alpaca_cot import adapters, checkpoints, cli
 from alpaca_cot.cli import UserError, exit_on_interrupt
 from alpaca_cot.train import finetune
+from conftest import ROOT, error_lines, free_port, run_python
 
-ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The same sums in this process as in the subprocesses (OMP_NUM_THREADS=1): bitwise comparisons."""
-    before, _ = torch.get_num_threads(), torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The same sums in this process as in the subprocesses (OMP_NUM_THREADS=1): bitwise comparisons.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +68,7 @@ def run_cli(fn, argv, monkeypatch, capsys) -> tuple[int, str]:
 
 def one_error_line(code, err, *words):
     assert code == 2 and "Traceback" not in err, err[-2000:]
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    lines = error_lines(err)
     assert len(lines) == 1 and all(w in lines[0] for w in words), (words, err[-2000:])
 
 
@@ -92,11 +88,10 @@ def test_killed_run_resumes_to_the_same_adapter(point, resumes_from, reference, 
                                                 capsys):
     out = tmp_path / "run"
     f = flags(tiny_llama, small_data, out)
-    proc = subprocess.run([sys.executable, "tests/finetune_killed.py", *as_cli(f)], cwd=ROOT, env=dict(ENV, KILL_AT=point),
-                          capture_output=True, text=True, timeout=300)
+    proc = run_python("tests/finetune_killed.py", *as_cli(f), env=dict(ENV, KILL_AT=point))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     if point == "final":  # what generate.py reads: the committed save, finished
-        checkpoints.check_adapter(out)
+        adapters.check_adapter(out)
         assert same_tensors(adapter_of(out), adapter_of(reference))
     capsys.readouterr()
     trainer = finetune(**f, resume_from_checkpoint="auto")
@@ -134,18 +129,12 @@ def test_run_loss_counts_every_logged_step():
 
 def test_ddp_reports_the_loss_of_a_single_process(tmp_path, tiny_llama, small_data):
     """torchrun's ranks each see half of each batch: the run's loss is the same as one process's."""
-    import socket
-
     f = flags(tiny_llama, small_data, tmp_path / "one", batch_size=8, num_epochs=1, max_steps=3, save_steps=100,
               lora_dropout=0.0, logging_steps=10)
     finetune(**f)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     f["output_dir"] = str(tmp_path / "two")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(port), "finetune.py", *as_cli(f)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_python("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+                      "finetune.py", *as_cli(f), env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = (json.loads((tmp_path / d / "train_summary.json").read_text())["train_loss"] for d in ("one", "two"))
     assert two == pytest.approx(one, rel=1e-4)
@@ -156,7 +145,7 @@ def test_ddp_reports_the_loss_of_a_single_process(tmp_path, tiny_llama, small_da
 def test_auto_resume_never_trains_over_an_adapter_without_checkpoints(reference, tiny_llama, small_data, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    for name in checkpoints.ADAPTER_FILES:
+    for name in adapters.ADAPTER_FILES:
         (out / name).write_bytes((reference / name).read_bytes())
     before = (out / "adapter_model.safetensors").read_bytes()
     with pytest.raises(UserError, match="no checkpoint to resume from"):
@@ -164,7 +153,7 @@ def test_auto_resume_never_trains_over_an_adapter_without_checkpoints(reference,
     with pytest.raises(UserError, match="would train over it"):
         finetune(**flags(tiny_llama, small_data, out, max_steps=1), resume_from_checkpoint=str(reference / "checkpoint-6"))
     assert (out / "adapter_model.safetensors").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == sorted(checkpoints.ADAPTER_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(adapters.ADAPTER_FILES)
 
 
 def test_checkpoints_of_another_run_are_refused_or_cleared(reference, tiny_llama, small_data, tmp_path):
@@ -216,27 +205,27 @@ def test_adapter_config_and_weights_always_belong_together(reference, tmp_path, 
 
     class Saver:
         def save_pretrained(self, folder):
-            for name in checkpoints.ADAPTER_FILES:
+            for name in adapters.ADAPTER_FILES:
                 shutil.copy(reference / name, Path(folder) / name)
 
     moves = []
     real_replace = os.replace
 
     def killed_after_one_move(src, dst):
-        if checkpoints.COMMIT in str(src) and moves:
+        if adapters.COMMIT in str(src) and moves:
             raise KeyboardInterrupt  # stands for the kill: nothing after this line runs
         moves.append(src)
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", killed_after_one_move)
     with pytest.raises(KeyboardInterrupt):
-        checkpoints.save_adapter(Saver(), SimpleNamespace(save_pretrained=lambda folder: None), out)
+        adapters.save_adapter(Saver(), SimpleNamespace(save_pretrained=lambda folder: None), out)
     monkeypatch.setattr(os, "replace", real_replace)
-    checkpoints.check_adapter(out)  # generate.py's and the export's check finishes the committed save
+    adapters.check_adapter(out)  # generate.py's and the export's check finishes the committed save
     assert (out / "adapter_config.json").read_bytes() == (reference / "adapter_config.json").read_bytes()
     assert same_tensors(adapter_of(out), adapter_of(reference))
     assert (out / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in out.iterdir()) == sorted([*checkpoints.ADAPTER_FILES, "notes.txt"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*adapters.ADAPTER_FILES, "notes.txt"])
 
 
 # ---- export ----
@@ -256,7 +245,7 @@ def test_export_never_deletes_a_source(reference, tiny_llama, tmp_path):
     base, adapter = tmp_path / "models" / "base", tmp_path / "models" / "adapter"
     shutil.copytree(tiny_llama, base)
     adapter.mkdir()
-    for name in checkpoints.ADAPTER_FILES:
+    for name in adapters.ADAPTER_FILES:
         shutil.copy(reference / name, adapter / name)
     export = load_export()
     for out in (tmp_path / "models", tmp_path, adapter / "merged", base / "merged"):
@@ -339,7 +328,7 @@ def test_truncated_adapter_fails_before_the_base_loads(reference, tmp_path, monk
         (folder / "adapter_model.safetensors").write_bytes(weights[:cut])
         with pytest.raises(UserError, match="empty or truncated"):
             generation.Generator(str(reference), str(folder))
-    checkpoints.check_adapter(reference)  # the whole file passes
+    adapters.check_adapter(reference)  # the whole file passes
 
 
 def test_speed_summary_without_a_measured_step():
@@ -420,7 +409,7 @@ def test_ctrl_c_exits_130_in_one_line(tmp_path, monkeypatch, capsys):
             fn()
         assert e.value.code == 130
         err = capsys.readouterr().err
-        assert [line for line in err.splitlines() if line.startswith("error:")] == ["error: interrupted"]
+        assert error_lines(err) == ["error: interrupted"]
         assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no answers, no temp file
 
@@ -440,14 +429,14 @@ def test_ctrl_c_while_streaming_exits_cleanly(tiny_llama, tmp_path):
         proc.send_signal(signal.SIGINT)
         err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, (proc.returncode, err[-2000:])
-    assert [line for line in err.splitlines() if line.startswith("error:")] == ["error: interrupted"], err[-2000:]
+    assert error_lines(err) == ["error: interrupted"], err[-2000:]
 
 
 def test_sigterm_leaves_no_temp_file(tmp_path):
     code = ("import os, signal, sys\nfrom alpaca_cot.io import atomic_open\n"
             f"with atomic_open({str(tmp_path / 'answers.jsonl')!r}) as f:\n"
             "    f.write('half')\n    os.kill(os.getpid(), signal.SIGTERM)\n    signal.pause()\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = run_python("-c", code, timeout=60)
     assert proc.returncode in (143, -signal.SIGTERM)
     assert list(tmp_path.iterdir()) == []
 

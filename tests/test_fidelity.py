@@ -4,22 +4,21 @@ of issue 11 (EOS on cut records, lengths, folder names, portable adapters, hub i
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from alpaca_cot import checkpoints, models, recipes
+from alpaca_cot.adapters import is_hub_adapter, load_adapter, tokenizer_source
 from alpaca_cot.cli import UserError
-from alpaca_cot.generation import decoding_kwargs, is_hub_adapter, load_adapter, tokenizer_source
+from alpaca_cot.generation import decoding_kwargs
 from alpaca_cot.preprocess import IGNORE, _bos, encode_batch, encode_prompt
 from alpaca_cot.prompter import Prompter
 from alpaca_cot.throughput import CountingCollator
 from alpaca_cot.train import finetune, write_summary
+from conftest import ROOT, run_python
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # The 2023 prompts, as PhoebusSi/Alpaca-CoT finetune.py (07b8421) and generate.py (1d819b6) wrote them:
 # training ends the prompt with "### Response:\n" + output, generation with "### Response:".
@@ -284,12 +283,10 @@ def test_bos_only_when_the_tokenizer_adds_its_own(llama_tokenizer):
 # ---- noise ----
 
 def test_a_normal_run_prints_no_spurious_warnings(tiny_llama, train_file, tmp_path):
-    cmd = [sys.executable, "finetune.py", "--base_model", str(tiny_llama), "--data", str(train_file),
-           "--output_dir", str(tmp_path / "a"), "--quantization", "none", "--batch_size", "4",
-           "--micro_batch_size", "4", "--max_steps", "2", "--cutoff_len", "64", "--val_set_size", "0",
-           "--gradient_checkpointing", "True", "--report_to", "none"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = run_python("finetune.py", "--base_model", tiny_llama, "--data", train_file, "--output_dir", tmp_path / "a",
+                      "--quantization", "none", "--batch_size", "4", "--micro_batch_size", "4", "--max_steps", "2",
+                      "--cutoff_len", "64", "--val_set_size", "0", "--gradient_checkpointing", "True",
+                      "--report_to", "none", env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = proc.stdout + proc.stderr
     for noise in ("new PAD/BOS/EOS", "FutureWarning", "is_gradient_checkpointing"):

@@ -1,24 +1,14 @@
 """finetune.py on a tiny LLaMA with the real tokenizer and real shared data (CPU)."""
 
 import json
-import subprocess
-import sys
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from alpaca_cot.cli import UserError
-from alpaca_cot.train import finetune
-from conftest import ALL_LINEAR, free_port, mean_loss, small_run
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def logits(model, tokenizer):
-    ids = tokenizer(["Give three tips for staying healthy."], return_tensors="pt")
-    with torch.no_grad():
-        return model(**ids).logits
+from conftest import ROOT, free_port, logits, mean_loss, only_error, run_python, small_run
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +93,6 @@ def test_kbit_and_checkpointing_paths_train_and_reload_on_cpu(tmp_path, tiny_lla
     assert torch.allclose(got, want, atol=0.2 if quantization == "4bit" else 1e-4)
 
 
-def run_cli(*args, env=None, cwd=ROOT):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
-
-
 def test_ddp_torchrun_and_distributed_launch_on_gloo(tmp_path, tiny_llama, train_file):
     common = ["finetune.py", "--base_model", str(tiny_llama), "--data", str(train_file), "--quantization", "none",
               "--batch_size", "8", "--micro_batch_size", "2", "--max_steps", "3", "--val_set_size", "0",
@@ -114,7 +100,7 @@ def test_ddp_torchrun_and_distributed_launch_on_gloo(tmp_path, tiny_llama, train
     for launcher in (["-m", "torch.distributed.run"], ["-m", "torch.distributed.launch"]):
         out = tmp_path / launcher[1].replace(".", "_")
         port = free_port()  # not the default 29500, which another run on this machine may hold
-        proc = run_cli(*launcher, "--nproc_per_node", "2", "--master_port", str(port), *common, "--output_dir", str(out))
+        proc = run_python(*launcher, "--nproc_per_node", "2", "--master_port", str(port), *common, "--output_dir", str(out))
         assert proc.returncode == 0, proc.stderr[-3000:]
         config = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.index("}") + 1])
         assert config["world_size"] == 2 and config["gradient_accumulation_steps"] == 2  # 8 / (2 x 2)
@@ -122,7 +108,24 @@ def test_ddp_torchrun_and_distributed_launch_on_gloo(tmp_path, tiny_llama, train
         assert (out / "adapter_model.safetensors").is_file()
 
 
+# finetune.py with a real base model and data at hand: every bad flag value or input stops it in one line
+# before any model loads, and nothing is written, neither the output folder nor anything in the working folder.
 BAD_INPUTS = {
+    "learning_rate": (["--learning_rate", "0"], "--learning_rate must be > 0, got 0"),
+    "num_epochs": (["--num_epochs", "0"], "--num_epochs must be > 0 unless --max_steps is, got 0"),
+    "lora_r": (["--lora_r", "0"], "--lora_r must be a positive integer, got 0"),
+    "lora_alpha": (["--lora_alpha", "-16"], "--lora_alpha must be > 0, got -16"),
+    "lora_dropout": (["--lora_dropout", "1.0"], "--lora_dropout must be in [0, 1), got 1.0"),
+    "warmup_steps": (["--warmup_steps", "-1"], "--warmup_steps must be an integer >= 0, got -1"),
+    "logging_steps": (["--logging_steps", "0"], "--logging_steps must be an integer >= 1, got 0"),
+    "eval_steps": (["--eval_steps", "0"], "--eval_steps must be an integer >= 1, got 0"),
+    "save_steps": (["--save_steps", "0"], "--save_steps must be an integer >= 1, got 0"),
+    "val_set_size": (["--val_set_size", "-5"], "--val_set_size must be an integer >= 0, got -5"),
+    "seed": (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    "save_total_limit": (["--save_total_limit", "0"], "--save_total_limit must be an integer >= 1 or None, got 0"),
+    "report_to unknown": (["--report_to", "tensorbord"], "--report_to 'tensorbord' is unknown"),
+    "report_to not installed": (["--report_to", "wandb"], "--report_to wandb needs the wandb package"),
+    "prompt template": (["--prompt_template_name", "nope"], "unknown prompt template 'nope'"),
     "unknown size": (["--size", "8"], "unknown --size"),
     "missing data file": (["--data", "/nonexistent/x.json"], "/nonexistent/x.json not found"),
     "empty dataset": (["--data", "{empty}"], "holds no usable records"),
@@ -142,26 +145,23 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_fails_in_one_line_and_writes_nothing(case, tmp_path, tiny_llama, train_file):
     args, message = BAD_INPUTS[case]
-    empty = tmp_path / "empty.json"
+    empty, work = tmp_path / "empty.json", tmp_path / "work"
     empty.write_text("[]")
+    work.mkdir()
     args = [a.replace("{empty}", str(empty)) for a in args]
     env = None
     if case == "bitsandbytes broken":
         fake = tmp_path / "fake"
         fake.mkdir()
         (fake / "bitsandbytes.py").write_text("raise ImportError('libbitsandbytes_cuda not found')\n")
-        import os
         env = dict(os.environ, PYTHONPATH=str(fake))
     base = [] if "--base_model" in args or "--size" in args else ["--base_model", str(tiny_llama)]
     data = [] if "--data" in args else ["--data", str(train_file)]
     quantization = [] if "--quantization" in args else ["--quantization", "none"]
-    out = tmp_path / "out"
-    proc = run_cli("finetune.py", *base, *data, *quantization, *args, "--output_dir", str(out), env=env)
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    assert not out.exists()
+    proc = run_python(ROOT / "finetune.py", *base, *data, *quantization, *args, "--output_dir", work / "out",
+                      cwd=work, env=env)
+    only_error(proc, message)
+    assert list(work.iterdir()) == []
 
 
 def test_same_seed_same_adapter(tmp_path, tiny_llama, train_file):

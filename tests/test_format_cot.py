@@ -2,13 +2,12 @@
 
 import json
 import random
-import subprocess
-import sys
 
 import pytest
 
 from alpaca_cot import DATA_DIR, ROOT, cot
 from alpaca_cot.cli import UserError
+from conftest import run_python
 
 SCRIPT = ROOT / "scripts" / "format_cot.py"
 COUNTS = {"aqua": 2728, "creak": 6915, "ecqa": 7112, "gsm8k": 7473, "qasc": 1084,
@@ -26,9 +25,8 @@ def templates():
     return cot.load_templates()
 
 
-def script(*args, cwd=None):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+def script(*args, cwd=ROOT):
+    return run_python(SCRIPT, *args, cwd=cwd, timeout=120)
 
 
 @pytest.mark.parametrize("name", ORACLE)

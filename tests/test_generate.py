@@ -12,8 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -24,9 +22,8 @@ from alpaca_cot import answer as answering
 from alpaca_cot.cli import UserError
 from alpaca_cot.generation import COT_TRIGGER, Generator, decoding_kwargs, with_cot
 from alpaca_cot.train import finetune
-from conftest import ALL_LINEAR
+from conftest import ALL_LINEAR, ROOT, logits, only_error, run_python
 
-ROOT = Path(__file__).resolve().parent.parent
 GREEDY = decoding_kwargs(max_new_tokens=8)
 SAMPLING = decoding_kwargs(max_new_tokens=8, temperature=0.8, top_p=0.9)
 # Inputs that a command line parser could take for Python literals (a tuple, a list, None).
@@ -46,13 +43,8 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster, and 10x faster while another process shares the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny matrices: one thread is faster, and 10x faster while another process shares the cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -111,22 +103,11 @@ def new_ids(gen, prompts, **decoding) -> list[list[int]]:
 
 def run_script(script, *args, stdin=None, env=None):
     env = dict(env or os.environ, OMP_NUM_THREADS="1")  # as in this process: same speed, same sums
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, input=stdin, env=env)
+    return run_python(script, *args, stdin=stdin, env=env)
 
 
 def run_generate(tiny_llama, adapter, *args, **kwargs):
     return run_script("generate.py", "--base_model", tiny_llama, "--lora_weights", adapter, *args, **kwargs)
-
-
-def only_error(proc, *words) -> str:
-    """A failed run: exactly one `error:` line on stderr naming all of `words`, and no traceback."""
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    assert all(w in lines[0] for w in words), (words, lines[0])
-    return lines[0]
 
 
 # ---- one answer ----
@@ -323,11 +304,6 @@ def load_export_script():
 def run_export(tiny_llama, adapter, out, *args):
     return run_script("scripts/export_hf_checkpoint.py", "--base_model", tiny_llama, "--lora_weights", adapter,
                       "--out", out, *args)
-
-
-def logits(model, tokenizer, text):
-    with torch.inference_mode():
-        return model(**tokenizer([text], return_tensors="pt")).logits
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,11 @@
 """FLAN CoT answer extraction and the other scores (alpaca_cot/scoring.py, evaluation.py, evaluate.py)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from alpaca_cot import ROOT, cot, evaluation, scoring
+from conftest import one_error_line, run_python
 
 DATASETS = ("aqua", "creak", "ecqa", "gsm8k", "qasc", "sensemaking", "strategyqa")
 AQUA_Q = "A board is 93 inches long. How long is each of 3 parts?\nOptions:\n(A) 31 inches\n(B) 32 inches\n(C) 33 inches"
@@ -77,9 +76,8 @@ def test_every_real_row_gold_is_right_and_wrong_is_wrong(shared_dir, style):
 @pytest.fixture(scope="module")
 def held_out(shared_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cot")
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "format_cot.py"), "--src", shared_dir / "data" / "flan_cot",
-                        "--out", out / "train.json", "--style", "clean", "--holdout", "20", "--seed", "3"],
-                       capture_output=True, text=True, timeout=120)
+    r = run_python(ROOT / "scripts" / "format_cot.py", "--src", shared_dir / "data" / "flan_cot",
+                   "--out", out / "train.json", "--style", "clean", "--holdout", "20", "--seed", "3")
     assert r.returncode == 0, r.stderr
     return out
 
@@ -117,8 +115,7 @@ def predictions_file(held_out, path, wrong: bool):
 @pytest.mark.parametrize("wrong,expected", [(False, 1.0), (True, 0.0)])
 def test_evaluate_rescores_predictions(held_out, tmp_path, wrong, expected):
     path = predictions_file(held_out, tmp_path / "p.jsonl", wrong)
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--predictions", path,
-                        "--out", tmp_path / "scored"], capture_output=True, text=True, timeout=120)
+    r = run_python(ROOT / "scripts" / "evaluate.py", "--predictions", path, "--out", tmp_path / "scored")
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "scored" / "summary.json").read_text())
     for key in ("no_trigger", "trigger"):
@@ -130,16 +127,14 @@ def test_evaluate_rescores_predictions(held_out, tmp_path, wrong, expected):
 def test_evaluate_bad_input_is_one_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task": "cot", "dataset": "gsm8k", "instruction": "q", "answer": "seven"}\n', encoding="utf-8")
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--base_model", "smollm2-135m",
-                        "--cot_eval", bad, "--out", tmp_path / "o"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        f"error: {bad}: line 1: field 'answer' 'seven' is not a number answer"]
+    r = run_python(ROOT / "scripts" / "evaluate.py", "--base_model", "smollm2-135m", "--cot_eval", bad,
+                   "--out", tmp_path / "o")
+    assert one_error_line(r) == f"error: {bad}: line 1: field 'answer' 'seven' is not a number answer"
     assert not (tmp_path / "o").exists()
 
 
 def test_a_prediction_row_without_its_dataset_is_one_line(tmp_path):
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"task": "cot", "instruction": "q", "output": "o", "gold": "yes"}\n', encoding="utf-8")
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--predictions", bad],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip() == f"error: {bad}: line 1: not a prediction row (field 'dataset')"
+    r = run_python(ROOT / "scripts" / "evaluate.py", "--predictions", bad)
+    assert one_error_line(r) == f"error: {bad}: line 1: not a prediction row (field 'dataset')"

@@ -8,6 +8,7 @@ import sys
 import time
 
 from alpaca_cot import ROOT, dedup, evaluation
+from conftest import only_error, run_python
 
 
 def study_cmd(tiny_llama, shared_dir, out):
@@ -32,7 +33,7 @@ def test_study_runs_every_cell_resumes_after_a_kill_and_reports(tiny_llama, shar
     first.wait()
     assert not (out / "report.md").exists()
 
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    second = run_python(*cmd[1:], timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "skip train alpaca: done" in second.stdout
     assert "== train alpaca-belle-cot" in second.stdout and "== evaluate base" in second.stdout
@@ -56,5 +57,5 @@ def test_study_runs_every_cell_resumes_after_a_kill_and_reports(tiny_llama, shar
         assert needle in report
     assert (out / "cot_accuracy.png").stat().st_size > 0 and (out / "language.png").stat().st_size > 0
 
-    again = subprocess.run(cmd[:-2] + ["--lora_target_modules", "q_proj"], capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and "other settings (training)" in again.stderr
+    again = run_python(*cmd[1:-2], "--lora_target_modules", "q_proj", timeout=120)
+    assert again.returncode == 2 and "other settings (training)" in only_error(again)

@@ -1,0 +1,131 @@
+"""The LoRA adapter's folder, in one place: saved as a unit, finished after an interrupted save, checked
+before anything loads, and loaded from a folder or a hub id (with the tokenizer saved beside it).
+
+The adapter is replaced as a unit: its files are staged in `.saving-*`, the complete staging folder is
+renamed to `.adapter-commit`, and then its files are moved in one by one. Whoever finds
+`.adapter-commit` (the next finetune run, generate.py, the export) finishes those moves first, so
+adapter_config.json and the weights always come from the same save; a `.saving-*` folder is an
+unfinished save and is dropped.
+"""
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+from . import models
+from .cli import UserError
+
+STAGING_PREFIX = ".saving-"
+COMMIT = ".adapter-commit"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
+
+
+def holds_adapter(folder: Path) -> bool:
+    return (folder / COMMIT).is_dir() or any((folder / f).exists() for f in ADAPTER_WEIGHTS)
+
+
+def finish_interrupted_save(folder: Path):
+    """Move in the files of a committed save that a kill interrupted; drop unfinished staging folders."""
+    commit = folder / COMMIT
+    if commit.is_dir():
+        for path in sorted(commit.iterdir(), key=lambda p: p.name in ADAPTER_FILES):
+            os.replace(path, folder / path.name)
+        commit.rmdir()
+    for leftover in folder.glob(STAGING_PREFIX + "*") if folder.is_dir() else ():
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def save_adapter(model, tokenizer, folder: Path):
+    """Stage the adapter and tokenizer, commit the staging folder with one rename, then move its files in."""
+    folder.mkdir(parents=True, exist_ok=True)
+    finish_interrupted_save(folder)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        for f in ADAPTER_FILES:
+            if not (staging / f).is_file() or (staging / f).stat().st_size == 0:
+                raise RuntimeError(f"saving the adapter produced no {f}")
+        os.replace(staging, folder / COMMIT)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    finish_interrupted_save(folder)
+
+
+def check_safetensors(path: Path):
+    """A one-line error for an empty or truncated safetensors file, read from its header alone."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length)) if 8 + length <= size else None
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        header = end = None
+    if header is None or 8 + length + end > size:
+        raise UserError(f"{path} is empty or truncated ({size} bytes): an interrupted save or copy? "
+                        "train again or copy it again")
+
+
+def check_adapter(lora_weights):
+    """Fail before any model is loaded if lora_weights holds no complete adapter."""
+    folder = Path(lora_weights)
+    if (folder / COMMIT).is_dir():
+        try:
+            finish_interrupted_save(folder)
+        except OSError as e:
+            raise UserError(f"{folder} holds an interrupted adapter save that could not be finished: "
+                            f"{e.strerror}") from None
+    if not (folder / "adapter_config.json").is_file():
+        raise UserError(f"no adapter in {lora_weights} (adapter_config.json missing); train one with "
+                        "finetune.py or pass --lora_weights")
+    weights = [folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()]
+    if not weights:
+        raise UserError(f"no adapter weights in {lora_weights} ({ADAPTER_WEIGHTS[0]} missing)")
+    if weights[0].suffix == ".safetensors":
+        check_safetensors(weights[0])
+
+
+def is_hub_adapter(lora_weights) -> bool:
+    """An adapter id on the hub (org/name) rather than a local folder."""
+    return lora_weights is not None and "/" in str(lora_weights) and models.is_hub_id(str(lora_weights))
+
+
+def check_adapter_source(lora_weights):
+    """A local adapter folder must hold a complete adapter; a hub id must be reachable."""
+    if is_hub_adapter(lora_weights):
+        models.check_hub_reachable(str(lora_weights))
+    else:
+        check_adapter(lora_weights)
+
+
+def tokenizer_source(lora_weights, base_name: str) -> str:
+    """The adapter folder's tokenizer (finetune.py saves one there) wins over the base model's; a hub
+    adapter's tokenizer is the base's."""
+    if is_hub_adapter(lora_weights):
+        return base_name
+    if lora_weights is not None and any((Path(lora_weights) / f).is_file() for f in TOKENIZER_FILES):
+        return str(lora_weights)
+    return base_name
+
+
+def load_adapter(model, lora_weights, base_name: str):
+    """model with the LoRA adapter saved in lora_weights; a one-line UserError if it is missing or
+    was trained on another base (generate.py and scripts/export_hf_checkpoint.py share this)."""
+    from peft import PeftModel
+
+    check_adapter_source(lora_weights)
+    try:
+        return PeftModel.from_pretrained(model, str(lora_weights))
+    except RuntimeError as e:  # size mismatch: trained on another base
+        first = str(e).strip().splitlines()
+        raise UserError(f"adapter {lora_weights} does not fit base model {base_name} "
+                        f"(trained on another base?): {first[1].strip() if len(first) > 1 else first[0]}") from None
+    except (KeyError, TypeError, ValueError, OSError) as e:  # not PEFT's adapter_config.json, or no hub repo
+        raise UserError(f"could not load the adapter in {lora_weights}: {type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
