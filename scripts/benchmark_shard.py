@@ -118,8 +118,11 @@ class GpuPeaks:
 
     def poll(self):
         while not self.stop.wait(0.5):
-            out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True).stdout
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True).stdout
+            except OSError:  # no nvidia-smi: no peaks
+                return
             for line in out.strip().splitlines():
                 index, used = (int(x) for x in line.split(","))
                 self.peaks[index] = max(self.peaks.get(index, 0), round(used / 1024, 1))

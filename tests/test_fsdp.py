@@ -12,6 +12,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +122,18 @@ def test_device_map_auto_trains_and_saves_on_cpu(tmp_path, tiny_llama, train_fil
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     if not torch.cuda.is_available():
         assert {p.device.type for p in trainer.model.parameters()} == {"cpu"}
+
+
+def test_gpu_driver_logs_a_failed_run_and_cleans_up(tmp_path, llama_tokenizer_model, train_file, capsys):
+    """On a CPU finetune --fsdp refuses to run: the driver records the failure, keeps the log, removes the checkpoint."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    driver = benchmark_shard()
+    row = driver.experiment("64,192,2,4:none", gpus=2, steps=1, resume_steps=1, data=str(train_file), work=tmp_path,
+                            tokenizer_model=str(llama_tokenizer_model), keep=False)
+    assert row["train"]["rc"] != 0 and "resume" not in row and row["build_seconds"] > 0
+    assert "--fsdp needs CUDA GPUs" in (tmp_path / "64,192,2,4-none-train.log").read_text()
+    assert not list(tmp_path.glob("llama-*")) and not list(Path("/dev/shm/alpaca-cot-shard").glob("llama-64,192*"))
+    driver.print_table([row, {"experiment": "65b:4bit", "error": "RuntimeError: no room"}])
+    table = capsys.readouterr().out
+    assert "train FAILED (rc " in table and "ERROR RuntimeError: no room" in table
