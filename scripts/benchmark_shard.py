@@ -3,7 +3,8 @@ resumed from its sharded checkpoint, and its adapter checked; a table and JSON a
 
     python scripts/benchmark_shard.py [--experiments 30b:none,65b:4bit] [--gpus 4] [--out shard.json]
 
-Each experiment is shape:quantization[:micro_batch]. For each:
+Each experiment is shape:quantization[:micro_batch], the shape 7b, 13b, 30b, 65b or HIDDENxINTERMEDIATExLAYERSxHEADS
+(256x768x4x4:none,256x768x4x4:4bit is a smoke run of a minute). For each:
   1. the checkpoint: random bf16 tensors generated on the GPUs and written as safetensors shards, one
      writer process per GPU, into /dev/shm where it has room (RAM: nothing waits on a disk, and finetune's
      loads read from RAM too), else --work_dir; removed after the experiment unless --keep.
@@ -35,13 +36,14 @@ INDEX = "model.safetensors.index.json"
 
 
 def shape_of(shape: str) -> tuple:
-    """A name in tiny.SHAPES, or hidden,intermediate,layers,heads (tests use a tiny one)."""
+    """A name in tiny.SHAPES, or HIDDENxINTERMEDIATExLAYERSxHEADS (a tiny one for tests and smoke runs)."""
     if shape in tiny.SHAPES:
         return tiny.SHAPES[shape]
     try:
-        return tuple(int(x) for x in str(shape).split(","))
+        hidden, intermediate, layers, heads = (int(x) for x in str(shape).split("x"))
+        return hidden, intermediate, layers, heads
     except ValueError:
-        raise UserError(f"unknown shape {shape!r}: {', '.join(tiny.SHAPES)} or hidden,intermediate,layers,heads")
+        raise UserError(f"unknown shape {shape!r}: {', '.join(tiny.SHAPES)} or HIDDENxINTERMEDIATExLAYERSxHEADS") from None
 
 
 def groups(config) -> list[list[tuple[str, tuple]]]:
@@ -85,7 +87,7 @@ def build(shape: str, out: str, writers: int = None, tokenizer_model: str = None
     """Write a random-init bf16 LLaMA checkpoint of shape to out with one writer process per GPU; the seconds taken.
 
     Args:
-        shape: 7b, 13b, 30b, 65b, or hidden,intermediate,layers,heads.
+        shape: 7b, 13b, 30b, 65b, or HIDDENxINTERMEDIATExLAYERSxHEADS (256x768x4x4).
         out: the checkpoint folder.
         writers: writer processes (the visible GPUs by default, 2 on a CPU).
         tokenizer_model: LLaMA's SentencePiece model (one is trained on the demo data without it).

@@ -106,7 +106,7 @@ def test_random_checkpoint_written_by_parallel_writers_loads(tmp_path, llama_tok
     from transformers import AutoModelForCausalLM
 
     folder = tmp_path / "random"
-    benchmark_shard().build("64,192,3,4", str(folder), writers=2, tokenizer_model=str(llama_tokenizer_model))
+    benchmark_shard().build("64x192x3x4", str(folder), writers=2, tokenizer_model=str(llama_tokenizer_model))
     assert len(list(folder.glob("model-*.safetensors"))) == 4  # embeddings/norm/head, then one per layer
     model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and model.dtype == torch.bfloat16
@@ -129,11 +129,11 @@ def test_gpu_driver_logs_a_failed_run_and_cleans_up(tmp_path, llama_tokenizer_mo
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     driver = benchmark_shard()
-    row = driver.experiment("64,192,2,4:none", gpus=2, steps=1, resume_steps=1, data=str(train_file), work=tmp_path,
+    row = driver.experiment("64x192x2x4:none", gpus=2, steps=1, resume_steps=1, data=str(train_file), work=tmp_path,
                             tokenizer_model=str(llama_tokenizer_model), keep=False)
     assert row["train"]["rc"] != 0 and "resume" not in row and row["build_seconds"] > 0
-    assert "--fsdp needs CUDA GPUs" in (tmp_path / "64,192,2,4-none-train.log").read_text()
-    assert not list(tmp_path.glob("llama-*")) and not list(Path("/dev/shm/alpaca-cot-shard").glob("llama-64,192*"))
+    assert "--fsdp needs CUDA GPUs" in (tmp_path / "64x192x2x4-none-train.log").read_text()
+    assert not list(tmp_path.glob("llama-*")) and not list(Path("/dev/shm/alpaca-cot-shard").glob("llama-64x192*"))
     driver.print_table([row, {"experiment": "65b:4bit", "error": "RuntimeError: no room"}])
     table = capsys.readouterr().out
     assert "train FAILED (rc " in table and "ERROR RuntimeError: no room" in table
