@@ -40,13 +40,14 @@ def finish_interrupted_save(folder: Path):
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def save_adapter(model, tokenizer, folder: Path):
-    """Stage the adapter and tokenizer, commit the staging folder with one rename, then move its files in."""
+def save_adapter(model, tokenizer, folder: Path, state_dict: dict | None = None):
+    """Stage the adapter and tokenizer, commit the staging folder with one rename, then move its files in.
+    state_dict: the adapter's weights when the model holds only shards of them (FSDP)."""
     folder.mkdir(parents=True, exist_ok=True)
     finish_interrupted_save(folder)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
     try:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, **({} if state_dict is None else {"state_dict": state_dict}))
         tokenizer.save_pretrained(staging)
         for f in ADAPTER_FILES:
             if not (staging / f).is_file() or (staging / f).stat().st_size == 0:

@@ -1,6 +1,6 @@
 """The base model, quantized or not, wrapped with a fresh LoRA adapter for training."""
 
-from . import models
+from . import models, sharding
 from .cli import UserError
 
 
@@ -30,11 +30,16 @@ def enable_checkpointing(model):
 
 
 def lora_model(name, quantization, tokenizer, gradient_checkpointing, lora_r, lora_alpha, lora_dropout,
-               target_modules, fused_kernels=False, attn_implementation="sdpa", upcast_norms=False):
-    """The base model, quantized or not, wrapped with a fresh LoRA adapter."""
+               target_modules, fused_kernels=False, attn_implementation="sdpa", upcast_norms=False,
+               device_map=None, sharded=False):
+    """The base model, quantized or not, wrapped with a fresh LoRA adapter. sharded (FSDP): placement is left
+    to FSDP (sharding.fsdp_args)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    model = models.load_model(name, quantization, attn_implementation=attn_implementation)
+    if sharded:
+        sharding.before_loading(quantization)
+    model = models.load_model(name, quantization, attn_implementation=attn_implementation, device_map=device_map,
+                              sharded=sharded)
     if fused_kernels:
         models.apply_fused_kernels(model)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):

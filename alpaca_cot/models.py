@@ -126,14 +126,17 @@ def check_attention(attn_implementation: str):
         raise UserError("--attn_implementation flash_attention_2 needs the flash-attn package (pip install flash-attn)")
 
 
-def quantization_config(quantization: str):
+def quantization_config(quantization: str, sharded: bool = False):
+    """bitsandbytes' settings; sharded (FSDP) 4-bit weights are packed into bf16 storage, which FSDP
+    can split and gather like any bf16 tensor (uint8 storage it cannot)."""
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     if quantization == "4bit":
+        extra = {"bnb_4bit_quant_storage": torch.bfloat16} if sharded else {}
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype("4bit"))
+                                  bnb_4bit_compute_dtype=compute_dtype("4bit"), **extra)
     return None
 
 
@@ -171,10 +174,12 @@ def _quiet_int8_casts(record) -> bool:
 
 
 def load_model(name: str, quantization: str = "none", dtype: torch.dtype | None = None,
-               attn_implementation: str = "sdpa", device_map: str | None = None):
+               attn_implementation: str = "sdpa", device_map: str | None = None, sharded: bool = False):
     """The base causal LM, quantized or in 16/32-bit, on this process's device; or with device_map
     "cpu" on the CPU, or "auto" with its layers split over the visible GPUs (then the CPU), which is
-    how a model larger than one GPU runs in one process (the 2023 code's way for 65B)."""
+    how a model larger than one GPU runs in one process (the 2023 code's way for 65B). sharded (FSDP):
+    a 16-bit model stays on the CPU (rank 0 alone reads the weights; FSDP sends each GPU its shard),
+    a 4-bit one is quantized on this process's GPU, as bitsandbytes must, and FSDP shards it there."""
     from transformers import AutoModelForCausalLM
 
     configure_backends()
@@ -184,7 +189,7 @@ def load_model(name: str, quantization: str = "none", dtype: torch.dtype | None 
     # sdpa is transformers' own choice where the architecture has it (BLOOM has not: eager then).
     kwargs = {"dtype": dtype, "attn_implementation": None if attn_implementation == "sdpa" else attn_implementation}
     if quantization != "none":
-        kwargs["quantization_config"] = quantization_config(quantization)
+        kwargs["quantization_config"] = quantization_config(quantization, sharded)
         kwargs["device_map"] = {"": local_rank()} if torch.cuda.is_available() else {"": "cpu"}
     if device_map is not None:
         kwargs["device_map"] = device_map
@@ -192,7 +197,7 @@ def load_model(name: str, quantization: str = "none", dtype: torch.dtype | None 
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except OSError as e:
         raise UserError(f"could not load base model {name}: {str(e).splitlines()[0]}") from None
-    if quantization == "none" and device_map is None and torch.cuda.is_available():
+    if quantization == "none" and device_map is None and not sharded and torch.cuda.is_available():
         model.to(f"cuda:{local_rank()}")
     return model
 

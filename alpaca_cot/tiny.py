@@ -39,13 +39,10 @@ SHAPES = {"7b": (4096, 11008, 32, 32), "13b": (5120, 13824, 40, 40), "30b": (665
           "65b": (8192, 22016, 80, 64)}
 
 
-def build(out_dir, tokenizer_model=None, hidden_size=128, layers=2, heads=4, seed=0, init_std=None, shape=None):
-    """Write a random-init LLaMA and its tokenizer to out_dir; returns the folder."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def save_tokenizer(out_dir: Path, tokenizer_model=None):
+    """The given SentencePiece model, or one trained on the demo data, saved as a LLaMA tokenizer in out_dir."""
+    from transformers import AutoTokenizer
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         if tokenizer_model:
             shutil.copy(tokenizer_model, Path(tmp) / "tokenizer.model")
@@ -57,6 +54,27 @@ def build(out_dir, tokenizer_model=None, hidden_size=128, layers=2, heads=4, see
         (Path(tmp) / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2))
         tokenizer = AutoTokenizer.from_pretrained(tmp)
         tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def llama_config(tokenizer, hidden_size, intermediate, layers, heads, init_std):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                       max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=None, tie_word_embeddings=False,
+                       initializer_range=init_std)
+
+
+def build(out_dir, tokenizer_model=None, hidden_size=128, layers=2, heads=4, seed=0, init_std=None, shape=None):
+    """Write a random-init LLaMA and its tokenizer to out_dir; returns the folder."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = save_tokenizer(out_dir, tokenizer_model)
     torch.manual_seed(seed)
     # Wider than the usual 0.02: a tiny random LM head otherwise gives near-uniform logits
     # that a LoRA adapter can barely move, and the demo would show no learning.
@@ -65,11 +83,7 @@ def build(out_dir, tokenizer_model=None, hidden_size=128, layers=2, heads=4, see
     if shape:
         hidden_size, intermediate, layers, heads = SHAPES[shape]
     init_std = init_std or (0.02 if shape else 2 / hidden_size ** 0.5)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=None, tie_word_embeddings=False,
-                         initializer_range=init_std)
+    config = llama_config(tokenizer, hidden_size, intermediate, layers, heads, init_std)
     if shape and torch.cuda.is_available():  # billions of parameters: initialise on the GPU, in bf16
         with torch.device("cuda"):
             model = LlamaForCausalLM(config).to(torch.bfloat16)

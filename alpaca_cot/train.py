@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import checkpoints, models, recipes, resumable
+from . import checkpoints, models, recipes, resumable, sharding
 from .checks import check_finetune_flags
 from .cli import UserError, as_list
 from .conversation import encode_records
@@ -94,6 +94,8 @@ def finetune(
     pad_to_cutoff: bool = None,
     upcast_norms: bool = None,
     attn_implementation: str = "sdpa",
+    fsdp: bool = False,
+    device_map: str = None,
     # lora
     lora_r: int = 8,
     lora_alpha: int = 16,
@@ -148,6 +150,8 @@ def finetune(
         upcast_norms: peft's prepare_model_for_kbit_training: fp32 norms, embeddings and head around a quantized
             base, as the 2023 recipe did (off by default: far more memory at the same speed).
         attn_implementation: sdpa, eager, flex_attention or flash_attention_2.
+        fsdp: shard the base model over the processes of a torchrun/accelerate launch (FSDP2), bf16 or 4bit.
+        device_map: auto: split one process's model over the visible GPUs (naive model parallel; no launcher).
         lora_r: rank of the LoRA matrices.
         lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
         lora_dropout: dropout on the LoRA input, in [0, 1).
@@ -178,8 +182,9 @@ def finetune(
     if run.plan.note:
         log(run.plan.note)
     result = trainer.train(resume_from_checkpoint=str(run.plan.resume) if run.plan.resume else None)
+    adapter = sharding.adapter_state_dict(trainer)  # every rank takes part in gathering a sharded adapter
     if trainer.is_world_process_zero():
-        checkpoints.save_adapter(trainer.model, run.tokenizer, run.output_dir)
+        checkpoints.save_adapter(trainer.model, run.tokenizer, run.output_dir, state_dict=adapter)
         write_summary(run.output_dir, result.metrics, trainer.state.log_history, speed.metrics(),
                       seconds=round(time.time() - started, 1), output_dir=str(run.output_dir),
                       quantization=run.flags.quantization)
@@ -192,12 +197,13 @@ def resolve(flags: dict) -> SimpleNamespace:
     f.name = models.base_model_name(f.size, f.base_model)
     models.check_quantization(f.quantization)
     models.check_attention(f.attn_implementation)
-    f.fused_kernels = models.use_fused_kernels(f.fused_kernels)
+    f.world = models.world_size()
+    sharding.check_flags(f.fsdp, f.device_map, f.quantization, f.world, f.fused_kernels)
+    f.fused_kernels = models.use_fused_kernels(False if f.fsdp else f.fused_kernels)
     if f.micro_batch_size is None:
         f.micro_batch_size = default_micro_batch_size(f.quantization, f.fused_kernels)
     if f.gradient_checkpointing is None:
         f.gradient_checkpointing = default_gradient_checkpointing(f.quantization)
-    f.world = models.world_size()
     for flag in ("batch_size", "micro_batch_size", "cutoff_len", "lora_r"):
         value = getattr(f, flag)
         if not isinstance(value, int) or value <= 0:
@@ -254,7 +260,7 @@ def run_config(f: SimpleNamespace, files, n_records: int) -> dict:
     return dict(base_model=f.name, recipe=f.recipe or "default", files=[str(p) for p in files],
                 output_dir=str(f.output_dir), gradient_accumulation_steps=f.accumulation, world_size=f.world,
                 lora_target_modules=f.target_modules, prompt_template=f.prompt_template_name, records=n_records,
-                **{k: getattr(f, k) for k in keys})
+                **{k: getattr(f, k) for k in keys}, **({"fsdp": True} if f.fsdp else {}))  # others' records unchanged
 
 
 def main_process_then_others(fn):

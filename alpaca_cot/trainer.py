@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import models, resumable
+from . import models, resumable, sharding
 from .lora import lora_model
 from .throughput import CountingCollator, throughput_callback
 
@@ -38,12 +38,14 @@ def build_trainer(run: SimpleNamespace):
     from transformers import set_seed
 
     f = run.flags
+    args = training_args(f, evaluate=run.val_data is not None)  # first: FSDP's loading rules come with it
     set_seed(f.seed)  # before the adapter's random initialisation, so that --seed reproduces a run
     model = lora_model(f.name, f.quantization, run.tokenizer, f.gradient_checkpointing, f.lora_r, f.lora_alpha,
-                       f.lora_dropout, f.target_modules, f.fused_kernels, f.attn_implementation, f.upcast_norms)
+                       f.lora_dropout, f.target_modules, f.fused_kernels, f.attn_implementation, f.upcast_norms,
+                       device_map=f.device_map, sharded=f.fsdp)
     collator = CountingCollator(run.tokenizer, packing=f.packing, pad_to=f.cutoff_len if f.pad_to_cutoff else None)
     speed = throughput_callback(collator, warmup_steps=min(5, max(1, (f.max_steps if f.max_steps > 0 else 50) // 5)))
-    trainer = resumable.trainer_class()(model=model, args=training_args(f, evaluate=run.val_data is not None),
+    trainer = resumable.trainer_class()(model=model, args=args,
                                         train_dataset=run.train_data, eval_dataset=run.val_data,
                                         data_collator=collator, processing_class=run.tokenizer,
                                         callbacks=[speed, resumable.log_at_saves_callback()])
@@ -62,7 +64,8 @@ def training_args(f: SimpleNamespace, evaluate: bool):
         optim="adamw_torch", eval_strategy="steps" if evaluate else "no",
         eval_steps=f.eval_steps if evaluate else None, save_strategy="steps", save_steps=f.save_steps,
         save_total_limit=f.save_total_limit, load_best_model_at_end=evaluate and f.save_steps % f.eval_steps == 0,
-        ddp_find_unused_parameters=False if f.world > 1 else None,
+        ddp_find_unused_parameters=False if f.world > 1 and not f.fsdp else None,
         ddp_backend="gloo" if f.world > 1 and not use_cuda else None, group_by_length=f.group_by_length,
         length_column_name="length", report_to=_report_to(f.report_to), seed=f.seed, data_seed=f.seed,
-        remove_unused_columns=True, label_names=["labels"])
+        remove_unused_columns=True, label_names=["labels"],
+        **(sharding.fsdp_args(f.name, f.quantization) if f.fsdp else {}))
