@@ -173,6 +173,16 @@ def _quiet_int8_casts(record) -> bool:
     return "inputs will be cast" not in record.getMessage()
 
 
+def _quiet_missing_backends(record) -> bool:
+    return "could not be imported" not in record.getMessage()
+
+
+def quiet_liger_backends():
+    """liger-kernel warns, at a kernel's first use, for each optional backend of other hardware (CuTe DSL,
+    Ascend) that it cannot import: lines in every run that say nothing about this one."""
+    logging.getLogger("liger_kernel.backends.registry").addFilter(_quiet_missing_backends)
+
+
 def load_model(name: str, quantization: str = "none", dtype: torch.dtype | None = None,
                attn_implementation: str = "sdpa", device_map: str | None = None, sharded: bool = False):
     """The base causal LM, quantized or in 16/32-bit, on this process's device; or with device_map
@@ -222,6 +232,7 @@ def apply_fused_kernels(model):
     """Patch a loaded LLaMA in place (before the LoRA wrapper); other architectures are left alone."""
     if getattr(model.config, "model_type", None) != "llama":
         return model
+    quiet_liger_backends()
     from liger_kernel.transformers import apply_liger_kernel_to_llama
 
     apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,

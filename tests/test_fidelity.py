@@ -1,6 +1,7 @@
 """--recipe 2023 against the 2023 code's tokens, labels, prompt and decoding; and the correctness fixes
 of issue 11 (EOS on cut records, lengths, folder names, portable adapters, hub ids, target modules, noise)."""
 
+import logging
 import importlib.util
 import json
 import os
@@ -297,3 +298,14 @@ def test_a_normal_run_prints_no_spurious_warnings(tiny_llama, train_file, tmp_pa
 def test_no_speed_line_when_nothing_was_measured(tmp_path, capsys):
     write_summary(tmp_path, {}, [], {}, seconds=1.0)
     assert "speed:" not in capsys.readouterr().out
+
+
+def test_liger_missing_backend_warnings_are_dropped_and_others_kept(caplog):
+    from alpaca_cot import models
+
+    models.quiet_liger_backends()
+    logger = logging.getLogger("liger_kernel.backends.registry")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("Backend impl '%s' for op '%s' could not be imported: %s", "x._cutedsl.rope", "rope", "ImportError")
+        logger.warning("a kernel failed")
+    assert [r.getMessage() for r in caplog.records] == ["a kernel failed"]
