@@ -15,6 +15,8 @@ import struct
 import tempfile
 from pathlib import Path
 
+import torch
+
 from . import models
 from .cli import UserError
 
@@ -58,6 +60,22 @@ def save_adapter(model, tokenizer, folder: Path, state_dict: dict | None = None)
     finish_interrupted_save(folder)
 
 
+def weights_file(folder: Path) -> Path:
+    """The adapter's weights: adapter_model.safetensors, or an older adapter_model.bin."""
+    path = next((folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()), None)
+    if path is None:
+        raise UserError(f"no adapter weights in {folder} ({ADAPTER_WEIGHTS[0]} missing)")
+    return path
+
+
+def read_weights(folder: Path) -> dict:
+    """The adapter's tensors by their saved names, on the CPU."""
+    from safetensors.torch import load_file
+
+    path = weights_file(folder)
+    return load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+
+
 def check_safetensors(path: Path):
     """A one-line error for an empty or truncated safetensors file, read from its header alone."""
     size = path.stat().st_size
@@ -85,11 +103,9 @@ def check_adapter(lora_weights):
     if not (folder / "adapter_config.json").is_file():
         raise UserError(f"no adapter in {lora_weights} (adapter_config.json missing); train one with "
                         "finetune.py or pass --lora_weights")
-    weights = [folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()]
-    if not weights:
-        raise UserError(f"no adapter weights in {lora_weights} ({ADAPTER_WEIGHTS[0]} missing)")
-    if weights[0].suffix == ".safetensors":
-        check_safetensors(weights[0])
+    weights = weights_file(folder)
+    if weights.suffix == ".safetensors":
+        check_safetensors(weights)
 
 
 def is_hub_adapter(lora_weights) -> bool:

@@ -4,7 +4,6 @@ The base's safetensors files are read tensor by tensor; each weight the adapter 
 scale * B @ A added (in fp32, then cast to the output dtype), and each output file is written as
 it is read, in the base's own layout (same file names, same index). Memory holds the adapter and
 one tensor, never the model, so a 65B base merges on a machine with a few GB of RAM and no GPU.
-
 Only what plain LoRA on linear layers saves is merged; an adapter that needs more (DoRA, saved
 full modules, trained biases, embedding or conv LoRA) is refused with one line.
 """
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import ADAPTER_WEIGHTS
+from .adapters import read_weights
 from .cli import UserError
 
 INDEX = "model.safetensors.index.json"
@@ -62,15 +61,6 @@ def adapter_config(folder: Path) -> dict:
     return config
 
 
-def adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    path = next((folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()), None)
-    if path is None:
-        raise UserError(f"no adapter weights in {folder} ({ADAPTER_WEIGHTS[0]} missing)")
-    return load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
-
-
 def scale_of(config: dict, module: str, r: int) -> float:
     """alpha / r, or alpha / sqrt(r) with rslora; rank_pattern and alpha_pattern match as peft matches them."""
     from peft.utils.other import get_pattern_key
@@ -88,7 +78,7 @@ def load_adapter(folder) -> dict[str, Lora]:
     folder = Path(folder)
     config = adapter_config(folder)
     pairs: dict[str, dict] = {}
-    for key, tensor in adapter_weights(folder).items():
+    for key, tensor in read_weights(folder).items():
         module, _, part = key.removeprefix("base_model.model.").rpartition(".lora_")
         if part not in ("A.weight", "B.weight") or tensor.dim() != 2:
             raise UserError(f"{folder}: adapter tensor {key} {tuple(tensor.shape)} is not a linear layer's "
@@ -132,15 +122,6 @@ def read_header(path: Path) -> dict:
     except (ValueError, KeyError, TypeError, AttributeError, MemoryError):
         raise UserError(f"{path} is not a readable safetensors file (truncated or damaged?)") from None
     return {"tensors": dict(sorted(tensors.items(), key=lambda kv: kv[1][2])), "metadata": metadata, "start": 8 + length}
-
-
-def read_tensor(f, start: int, dtype: str, shape: list[int], offsets: tuple[int, int]) -> torch.Tensor:
-    out = torch.empty(shape, dtype=STORED[dtype])
-    view = out.reshape(-1).view(torch.uint8).numpy()
-    f.seek(start + offsets[0])
-    if view.nbytes != offsets[1] - offsets[0] or f.readinto(view) != view.nbytes:
-        raise UserError(f"{f.name}: a tensor's bytes do not match its header (truncated or damaged file?)")
-    return out
 
 
 def weight_key(module: str, keys: set[str]) -> str | None:
@@ -219,8 +200,12 @@ def write_safetensors(path: Path, entries: list[tuple[str, torch.dtype, list[int
 
 def merged_tensors(f, header: dict, plan_: Plan, loras: dict[str, Lora], progress):
     """Each tensor of one file in turn, merged where the adapter targets it, in the output dtype."""
-    for name, (dtype, shape, offsets) in header["tensors"].items():
-        tensor = read_tensor(f, header["start"], dtype, shape, offsets)
+    for name, (dtype, shape, (begin, end)) in header["tensors"].items():
+        tensor = torch.empty(shape, dtype=STORED[dtype])
+        view = tensor.reshape(-1).view(torch.uint8).numpy()
+        f.seek(header["start"] + begin)
+        if view.nbytes != end - begin or f.readinto(view) != view.nbytes:
+            raise UserError(f"{f.name}: a tensor's bytes do not match its header (truncated or damaged file?)")
         if name in plan_.targets:
             tensor = tensor.float() + loras[plan_.targets[name]].delta()
         tensor = tensor.to(plan_.out_dtype(dtype))
