@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import conversation, data
+from . import data, preprocess
 from .cli import UserError
 from .generation import Generator, decoding_kwargs, with_cot
 from .io import atomic_open, check_output_file
@@ -70,7 +70,7 @@ def interactive(gen: Generator, cot, decoding):
             continue
         gen.prompt(instruction)  # the same check of the instruction as every other mode
         asked = with_cot(instruction) if cot else instruction
-        prompt = conversation.prompt_ids(gen.tokenizer, gen.prompter, history, asked)
+        prompt = preprocess.prompt_ids(gen.tokenizer, gen.prompter, history, asked)
         try:
             gen.check_fits([prompt], decoding["max_new_tokens"], "the conversation")
         except UserError as e:  # the session goes on; /new frees the context

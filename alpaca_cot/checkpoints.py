@@ -2,9 +2,9 @@
 
 An output folder holds one run: `run.json` (what defines the run: base model, data files, the
 flags that change training), `checkpoint-N` folders (resumable once their trainer_state.json is
-written: Trainer writes it last) and the adapter the run saved last (alpaca_cot/adapters.py saves
-it as a unit). `default_output_dir` is the one rule by which finetune.py names the folder and
-generate.py and the export find it.
+written: Trainer writes it last), the adapter the run saved last (alpaca_cot/adapters.py saves
+it as a unit) and `train_summary.json` (the finished run's metrics and speed). `default_output_dir`
+is the one rule by which finetune.py names the folder and generate.py and the export find it.
 """
 
 import json
@@ -18,6 +18,7 @@ from pathlib import Path
 from .adapters import check_adapter, finish_interrupted_save, holds_adapter, save_adapter  # noqa: F401
 from .cli import UserError
 from .io import sha256, write_json_atomic
+from .resumable import run_loss
 
 RUN_FILE = "run.json"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -27,6 +28,19 @@ NOT_DEFINING = {"output_dir", "eval_steps", "save_steps", "save_total_limit", "l
                 "resume_from_checkpoint", "overwrite", "local_rank", "num_epochs", "max_steps",
                 "gradient_checkpointing", "fused_kernels", "attn_implementation", "world_size",
                 "gradient_accumulation_steps", "records", "files", "data", "recipe"}
+
+
+def run_config(f, files, n_records: int) -> dict:
+    """What the run is (f: finetune's resolved flags), as logged and as recorded in the output folder."""
+    keys = ("data", "quantization", "batch_size", "micro_batch_size", "num_epochs", "max_steps", "learning_rate",
+            "cutoff_len", "val_set_size", "lora_r", "lora_alpha", "lora_dropout", "train_on_inputs",
+            "train_on_history", "dedup", "max_records_per_source", "decontaminate", "group_by_length",
+            "gradient_checkpointing", "fused_kernels", "packing", "pad_to_cutoff", "upcast_norms",
+            "attn_implementation", "resume_from_checkpoint", "warmup_steps", "skip_bad_records", "seed")
+    return dict(base_model=f.name, recipe=f.recipe or "default", files=[str(p) for p in files],
+                output_dir=str(f.output_dir), gradient_accumulation_steps=f.accumulation, world_size=f.world,
+                lora_target_modules=f.target_modules, prompt_template=f.prompt_template_name, records=n_records,
+                **{k: getattr(f, k) for k in keys}, **({"fsdp": True} if f.fsdp else {}))  # others' records unchanged
 
 
 def run_record(config: dict, files: list[Path]) -> dict:
@@ -186,3 +200,15 @@ def claim(output_dir: Path, record: dict, plan: Plan):
     for path in plan.remove:
         shutil.rmtree(path)
     write_json_atomic(record, output_dir / RUN_FILE)
+
+
+def write_summary(folder: Path, metrics: dict, log_history: list[dict], speed: dict, log=print, **extra):
+    """train_summary.json, with the loss of the whole run (resumed parts and every rank included)."""
+    summary = dict(metrics, **speed, **extra)
+    loss = run_loss(log_history)
+    if loss is not None:
+        summary["train_loss"] = loss
+    write_json_atomic(summary, folder / "train_summary.json")
+    if speed:
+        log("speed: " + ", ".join(f"{k} {v}" for k, v in speed.items()))
+    log(f"saved the adapter to {folder} in {summary.get('seconds')} s")

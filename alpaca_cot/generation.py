@@ -90,7 +90,7 @@ class Generator:
 
     def ids(self, prompt) -> list[int]:
         """A prompt's ids: a text prompt is encoded as training encoded it; a list of ids (a conversation,
-        from conversation.prompt_ids) is used as it is."""
+        from preprocess.prompt_ids) is used as it is."""
         return list(prompt) if isinstance(prompt, (list, tuple)) else encode_prompt(self.tokenizer, prompt)
 
     def _batch(self, prompts: list) -> dict:

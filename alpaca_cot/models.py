@@ -239,32 +239,3 @@ def apply_fused_kernels(model):
                                 fused_linear_cross_entropy=True, model=model)
     return model
 
-
-def target_modules(name: str, requested=None) -> list[str] | str:
-    """The modules LoRA adapts: those requested (each must exist in the model; `all-linear` is peft's every
-    linear layer but the head), or peft's defaults for the model's architecture. Read from the config alone,
-    on the meta device, before anything is loaded."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if requested == "all-linear" or requested == ["all-linear"]:
-        return "all-linear"
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError):
-        return requested  # loading the model reports it
-    if not requested:
-        if config.model_type not in DEFAULTS:
-            raise UserError(f"peft has no default LoRA modules for model type {config.model_type}; pass "
-                            "--lora_target_modules (module names, or all-linear)")
-        return list(DEFAULTS[config.model_type])
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    present = {module.split(".")[-1] for module, _ in model.named_modules()}
-    missing = [m for m in requested if m not in present]
-    if missing:
-        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if "Linear" in type(m).__name__ or
-                         "Conv1D" in type(m).__name__})
-        raise UserError(f"--lora_target_modules {','.join(missing)}: no such module in {name} "
-                        f"({config.model_type}); its linear modules: {', '.join(linear)}")
-    return list(requested)

@@ -10,8 +10,9 @@ A flag given explicitly (not None) wins over the recipe.
 
 from .cli import UserError
 
-# The flags whose unset value (None) a recipe decides. finetune's micro_batch_size,
-# gradient_checkpointing and fused_kernels stay None in `default`: train.py computes them.
+# The flags whose unset value (None) a recipe decides. finetune's micro_batch_size and
+# gradient_checkpointing stay None in `default` (computed below, once the precision is known), and
+# fused_kernels too (models.use_fused_kernels).
 RECIPES = {
     "default": {
         "finetune": dict(train_on_inputs=False, group_by_length=True, pad_to_cutoff=False, upcast_norms=False),
@@ -35,3 +36,15 @@ def apply(recipe: str | None, tool: str, flags: dict) -> dict:
         raise UserError(f"unknown --recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     chosen = {**RECIPES["default"][tool], **RECIPES[name][tool]}
     return {k: chosen[k] if v is None and k in chosen else v for k, v in flags.items()}
+
+
+def default_micro_batch_size(quantization: str, fused_kernels: bool) -> int:
+    """bf16 with fused kernels fits 32 records of up to 512 tokens of a 7B shape on an 80 GB card and
+    runs faster than at 16; without them 32 does not fit (benchmarks/README.md)."""
+    return 32 if quantization == "none" and fused_kernels else 16
+
+
+def default_gradient_checkpointing(quantization: str) -> bool:
+    """On for 4-bit, whose users pick it to fit a small GPU (a fraction of the memory, at a third less
+    speed: benchmarks/README.md). Off otherwise: 16-bit and 8-bit need a large card either way."""
+    return quantization == "4bit"

@@ -1,6 +1,6 @@
 """Token-length statistics of instruction data, measured exactly as training tokenises it.
 
-Lengths come from `conversation.encode_records` (encode_batch, and earlier turns where a record has
+Lengths come from `preprocess.encode_records` (encode_batch, and earlier turns where a record has
 them) with the cut switched off: BOS + prompt + response + EOS, so `over_cutoff` counts the records
 that finetune.py would truncate.
 """
@@ -9,8 +9,7 @@ import sys
 
 import numpy as np
 
-from .conversation import encode_records
-from .preprocess import IGNORE
+from .preprocess import IGNORE, encode_records
 
 NO_CUT = sys.maxsize
 

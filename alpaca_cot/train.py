@@ -14,57 +14,18 @@ from types import SimpleNamespace
 
 import torch
 
-from . import checkpoints, models, recipes, resumable, sharding
+from . import checkpoints, models, recipes, sharding
 from .checks import check_finetune_flags
 from .cli import UserError, as_list
-from .conversation import encode_records
-from .io import write_json_atomic
 from .mixture import prepare as prepare_data
-from .preprocess import prompt_overhead
+from .preprocess import prompt_overhead, tokenise
 from .prompter import Prompter
-from .trainer import build_trainer
+from .trainer import build_trainer, target_modules
 
 
 def log(*args):
     if models.is_main_process():
         print(*args, flush=True)
-
-
-def default_micro_batch_size(quantization: str, fused_kernels: bool) -> int:
-    """bf16 with fused kernels fits 32 records of up to 512 tokens of a 7B shape on an 80 GB card and
-    runs faster than at 16; without them 32 does not fit (benchmarks/README.md)."""
-    return 32 if quantization == "none" and fused_kernels else 16
-
-
-def default_gradient_checkpointing(quantization: str) -> bool:
-    """On for 4-bit, whose users pick it to fit a small GPU (a fraction of the memory, at a third less
-    speed: benchmarks/README.md). Off otherwise: 16-bit and 8-bit need a large card either way."""
-    return quantization == "4bit"
-
-
-def tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_size, seed, train_on_history=True):
-    """Train and validation sets of input_ids/labels/length; reports cut and dropped records."""
-    from datasets import Dataset
-
-    dataset = Dataset.from_dict(columns).map(
-        encode_records, batched=True, batch_size=1000, remove_columns=list(columns),
-        fn_kwargs=dict(tokenizer=tokenizer, prompter=prompter, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs,
-                       train_on_history=train_on_history),
-        desc="tokenising", disable_nullable=True)
-    too_long = sum(dataset["prompt_too_long"])
-    if too_long:
-        dataset = dataset.filter(lambda b: [not x for x in b], input_columns="prompt_too_long", batched=True)
-        log(f"dropped {too_long} records whose prompt alone reaches cutoff_len {cutoff_len}")
-    if len(dataset) <= val_set_size:
-        raise UserError(f"no training data left after dropping over-long prompts ({len(dataset)} records)")
-    truncated = sum(dataset["truncated"])
-    log(f"{len(dataset)} records, {sum(dataset['length'])} tokens; {truncated} "
-        f"({100 * truncated / len(dataset):.1f}%) truncated at cutoff_len {cutoff_len}")
-    dataset = dataset.remove_columns(["truncated", "prompt_too_long"])
-    if val_set_size > 0:
-        split = dataset.train_test_split(test_size=val_set_size, shuffle=True, seed=seed)
-        return split["train"], split["test"]
-    return dataset.shuffle(seed=seed), None
 
 
 def finetune(
@@ -90,8 +51,7 @@ def finetune(
     seed: int = 42,
     gradient_checkpointing: bool = None,
     fused_kernels: bool = None,
-    packing: bool = False,
-    pad_to_cutoff: bool = None,
+    packing: bool = False, pad_to_cutoff: bool = None,  # they exclude each other
     upcast_norms: bool = None,
     attn_implementation: str = "sdpa",
     fsdp: bool = False,
@@ -185,9 +145,9 @@ def finetune(
     adapter = sharding.adapter_state_dict(trainer)  # every rank takes part in gathering a sharded adapter
     if trainer.is_world_process_zero():
         checkpoints.save_adapter(trainer.model, run.tokenizer, run.output_dir, state_dict=adapter)
-        write_summary(run.output_dir, result.metrics, trainer.state.log_history, speed.metrics(),
-                      seconds=round(time.time() - started, 1), output_dir=str(run.output_dir),
-                      quantization=run.flags.quantization)
+        checkpoints.write_summary(run.output_dir, result.metrics, trainer.state.log_history, speed.metrics(), log=log,
+                                  seconds=round(time.time() - started, 1), output_dir=str(run.output_dir),
+                                  quantization=run.flags.quantization)
     return trainer
 
 
@@ -201,9 +161,9 @@ def resolve(flags: dict) -> SimpleNamespace:
     sharding.check_flags(f.fsdp, f.device_map, f.quantization, f.world, f.fused_kernels)
     f.fused_kernels = models.use_fused_kernels(False if f.fsdp else f.fused_kernels)
     if f.micro_batch_size is None:
-        f.micro_batch_size = default_micro_batch_size(f.quantization, f.fused_kernels)
+        f.micro_batch_size = recipes.default_micro_batch_size(f.quantization, f.fused_kernels)
     if f.gradient_checkpointing is None:
-        f.gradient_checkpointing = default_gradient_checkpointing(f.quantization)
+        f.gradient_checkpointing = recipes.default_gradient_checkpointing(f.quantization)
     for flag in ("batch_size", "micro_batch_size", "cutoff_len", "lora_r"):
         value = getattr(f, flag)
         if not isinstance(value, int) or value <= 0:
@@ -236,8 +196,8 @@ def prepare(f: SimpleNamespace) -> SimpleNamespace:
     n_records = len(columns["output"])
     if f.val_set_size >= n_records:
         raise UserError(f"--val_set_size {f.val_set_size} leaves no training data ({n_records} records); lower it")
-    f.target_modules = models.target_modules(f.name, as_list(f.lora_target_modules) if f.lora_target_modules else None)
-    config = run_config(f, files, n_records)
+    f.target_modules = target_modules(f.name, as_list(f.lora_target_modules) if f.lora_target_modules else None)
+    config = checkpoints.run_config(f, files, n_records)
     log("alpaca-cot finetune\n" + json.dumps(config, indent=2, ensure_ascii=False))
     record = checkpoints.run_record(config, files)
     plan = checkpoints.plan(f.output_dir, record, f.name, f.resume_from_checkpoint, f.overwrite, warn=log)
@@ -245,22 +205,9 @@ def prepare(f: SimpleNamespace) -> SimpleNamespace:
         log("note: with --packing, sdpa and eager attend over the whole packed row through a mask; on an H200 "
             "that trained slower than padding (benchmarks/README.md); flash_attention_2 attends per record")
     train_data, val_data = tokenise(columns, tokenizer, prompter, f.cutoff_len, f.train_on_inputs, f.val_set_size,
-                                    f.seed, f.train_on_history)
+                                    f.seed, f.train_on_history, log=log)
     return SimpleNamespace(flags=f, output_dir=f.output_dir, tokenizer=tokenizer, record=record, plan=plan,
                            train_data=train_data, val_data=val_data)
-
-
-def run_config(f: SimpleNamespace, files, n_records: int) -> dict:
-    """What the run is, as logged and as recorded in the output folder."""
-    keys = ("data", "quantization", "batch_size", "micro_batch_size", "num_epochs", "max_steps", "learning_rate",
-            "cutoff_len", "val_set_size", "lora_r", "lora_alpha", "lora_dropout", "train_on_inputs",
-            "train_on_history", "dedup", "max_records_per_source", "decontaminate", "group_by_length",
-            "gradient_checkpointing", "fused_kernels", "packing", "pad_to_cutoff", "upcast_norms",
-            "attn_implementation", "resume_from_checkpoint", "warmup_steps", "skip_bad_records", "seed")
-    return dict(base_model=f.name, recipe=f.recipe or "default", files=[str(p) for p in files],
-                output_dir=str(f.output_dir), gradient_accumulation_steps=f.accumulation, world_size=f.world,
-                lora_target_modules=f.target_modules, prompt_template=f.prompt_template_name, records=n_records,
-                **{k: getattr(f, k) for k in keys}, **({"fsdp": True} if f.fsdp else {}))  # others' records unchanged
 
 
 def main_process_then_others(fn):
@@ -273,14 +220,3 @@ def main_process_then_others(fn):
     if distributed:
         torch.distributed.barrier()
 
-
-def write_summary(folder: Path, metrics: dict, log_history: list[dict], speed: dict, **extra):
-    """train_summary.json, with the loss of the whole run (resumed parts and every rank included)."""
-    summary = dict(metrics, **speed, **extra)
-    loss = resumable.run_loss(log_history)
-    if loss is not None:
-        summary["train_loss"] = loss
-    write_json_atomic(summary, folder / "train_summary.json")
-    if speed:
-        log("speed: " + ", ".join(f"{k} {v}" for k, v in speed.items()))
-    log(f"saved the adapter to {folder} in {summary.get('seconds')} s")

@@ -66,7 +66,7 @@ def finetune_command(recipe: str, model: Path, data: Path, run_dir: Path, max_st
     batch_size: records per optimizer step over all GPUs; one micro-batch by default.
     """
     from alpaca_cot import models
-    from alpaca_cot.train import default_micro_batch_size
+    from alpaca_cot.recipes import default_micro_batch_size
 
     quantization, *options = recipe.split(":")  # e.g. 4bit:8:nockpt = micro-batch 8, no checkpointing
     args = [sys.executable, "finetune.py", "--base_model", str(model), "--data", str(data),

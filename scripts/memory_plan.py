@@ -18,7 +18,7 @@ from pathlib import Path
 
 from alpaca_cot import tiny
 from alpaca_cot.cli import UserError, as_list, run
-from alpaca_cot.train import default_gradient_checkpointing, default_micro_batch_size
+from alpaca_cot.recipes import default_gradient_checkpointing, default_micro_batch_size
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30

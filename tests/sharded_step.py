@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alpaca_cot import checkpoints, models, sharding  # noqa: E402
-from alpaca_cot.lora import lora_model  # noqa: E402
+from alpaca_cot.trainer import lora_model  # noqa: E402
 
 
 def build(base: str, quantization: str, tokenizer, shard: bool):

@@ -1,4 +1,4 @@
-"""Multi-turn records (alpaca_cot/conversation.py) on the real LLaMA tokenizer: the ids, the label masks of
+"""Multi-turn records (alpaca_cot/preprocess.py) on the real LLaMA tokenizer: the ids, the label masks of
 every turn, truncation that keeps the newest turns, and the prompt generation would feed."""
 
 import json
@@ -6,8 +6,7 @@ import json
 import pytest
 
 from alpaca_cot import data
-from alpaca_cot.conversation import encode_conversation, encode_records, prompt_ids, turn_prompts
-from alpaca_cot.preprocess import IGNORE, encode_batch
+from alpaca_cot.preprocess import IGNORE, encode_batch, encode_conversation, encode_records, prompt_ids, turn_prompts
 from alpaca_cot.prompter import Prompter
 
 HISTORY = [["What is 2+2?", "It is 4."], ["And times 3?", "That makes 12."]]

@@ -17,7 +17,7 @@ from alpaca_cot.generation import decoding_kwargs
 from alpaca_cot.preprocess import IGNORE, _bos, encode_batch, encode_prompt
 from alpaca_cot.prompter import Prompter
 from alpaca_cot.throughput import CountingCollator
-from alpaca_cot.train import finetune, write_summary
+from alpaca_cot.train import finetune
 from conftest import ROOT, run_python
 
 
@@ -296,7 +296,7 @@ def test_a_normal_run_prints_no_spurious_warnings(tiny_llama, train_file, tmp_pa
 
 
 def test_no_speed_line_when_nothing_was_measured(tmp_path, capsys):
-    write_summary(tmp_path, {}, [], {}, seconds=1.0)
+    checkpoints.write_summary(tmp_path, {}, [], {}, seconds=1.0)
     assert "speed:" not in capsys.readouterr().out
 
 

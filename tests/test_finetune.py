@@ -227,7 +227,7 @@ def test_token_counts_are_summed_over_ranks(tmp_path):
 
 def test_default_micro_batch_follows_the_measured_memory():
     from alpaca_cot.models import use_fused_kernels
-    from alpaca_cot.train import default_gradient_checkpointing, default_micro_batch_size
+    from alpaca_cot.recipes import default_gradient_checkpointing, default_micro_batch_size
 
     assert use_fused_kernels() is False  # no GPU here: auto means off
     assert [default_gradient_checkpointing(q) for q in ("none", "8bit", "4bit")] == [False, False, True]

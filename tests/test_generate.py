@@ -420,7 +420,7 @@ def test_compile_only_for_long_file_runs_on_a_gpu(monkeypatch):
 
 def test_interactive_keeps_the_conversation(gen, monkeypatch, capsys):
     """The second answer sees the first turn, rendered as multi-turn training renders it; /new forgets it."""
-    from alpaca_cot import conversation
+    from alpaca_cot import preprocess
 
     said = iter(["What are the three primary colors?", "Name one more.", "/new", "Name one more.", ""])
     monkeypatch.setattr("builtins.input", lambda prompt: next(said))
@@ -431,9 +431,9 @@ def test_interactive_keeps_the_conversation(gen, monkeypatch, capsys):
     assert len(seen) == 3
     first_answer = capsys.readouterr().out.split("### Response: ")[1].splitlines()[0]
     history = [["What are the three primary colors?", gen.prompter.answer(first_answer)]]
-    assert seen[1] == conversation.prompt_ids(gen.tokenizer, gen.prompter, history, "Name one more.")
+    assert seen[1] == preprocess.prompt_ids(gen.tokenizer, gen.prompter, history, "Name one more.")
     assert seen[1][:len(seen[0])] == seen[0] and len(seen[1]) > len(seen[0])  # the first turn, then more
-    assert seen[2] == conversation.prompt_ids(gen.tokenizer, gen.prompter, [], "Name one more.")
+    assert seen[2] == preprocess.prompt_ids(gen.tokenizer, gen.prompter, [], "Name one more.")
     assert seen[0] == gen.ids(gen.prompt("What are the three primary colors?"))  # one turn: as in every mode
 
 
