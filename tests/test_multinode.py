@@ -30,3 +30,21 @@ def test_two_nodes_train_one_adapter(launcher, tmp_path, tiny_llama, train_file)
     assert "alpaca-cot finetune" not in results[1][0]  # only global rank 0 prints and saves
     assert (out / "adapter_model.safetensors").is_file()
     assert json.loads((out / "train_summary.json").read_text())["train_loss"] > 0
+
+
+def test_accelerate_launch_trains_one_adapter(tmp_path, tiny_llama, train_file):
+    """`accelerate launch --multi_gpu --num_processes 2` (the README's launcher for --fsdp) starts two ranks
+    (gloo on a CPU) that train together and save one adapter."""
+    out = tmp_path / "adapter"
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "--main_process_port", str(free_port()), "finetune.py", "--base_model", str(tiny_llama),
+                           "--data", str(train_file), "--quantization", "none", "--batch_size", "8",
+                           "--micro_batch_size", "2", "--max_steps", "2", "--val_set_size", "0", "--cutoff_len", "128",
+                           "--report_to", "none", "--save_steps", "1000", "--output_dir", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.index("}") + 1])
+    assert config["world_size"] == 2 and config["gradient_accumulation_steps"] == 2
+    assert proc.stdout.count("alpaca-cot finetune") == 1
+    assert (out / "adapter_model.safetensors").is_file()
