@@ -155,10 +155,10 @@ def resolve(flags: dict) -> SimpleNamespace:
     """The flags with their defaults decided and checked: what can run here, batch arithmetic, folders."""
     f = SimpleNamespace(**flags)
     f.name = models.base_model_name(f.size, f.base_model)
+    f.world = models.world_size()
+    sharding.check_flags(f.fsdp, f.device_map, f.quantization, f.world, f.fused_kernels)  # before any warning
     models.check_quantization(f.quantization)
     models.check_attention(f.attn_implementation)
-    f.world = models.world_size()
-    sharding.check_flags(f.fsdp, f.device_map, f.quantization, f.world, f.fused_kernels)
     f.fused_kernels = models.use_fused_kernels(False if f.fsdp else f.fused_kernels)
     if f.micro_batch_size is None:
         f.micro_batch_size = recipes.default_micro_batch_size(f.quantization, f.fused_kernels)

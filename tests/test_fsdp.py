@@ -8,6 +8,7 @@ unsharded and must come back whole through a sharded checkpoint (accelerate's sa
 Trainer saves and resumes); and the GPU driver's random checkpoint writer.
 """
 
+import os
 import importlib.util
 import json
 import subprocess
@@ -137,3 +138,13 @@ def test_gpu_driver_logs_a_failed_run_and_cleans_up(tmp_path, llama_tokenizer_mo
     driver.print_table([row, {"experiment": "65b:4bit", "error": "RuntimeError: no room"}])
     table = capsys.readouterr().out
     assert "train FAILED (rc " in table and "ERROR RuntimeError: no room" in table
+
+
+def test_fsdp_without_a_launch_is_one_line_and_nothing_else(tiny_llama, train_file, tmp_path):
+    """The default --quantization 8bit would warn about the CPU first; the launch error comes before any warning."""
+    from conftest import one_error_line, run_python
+
+    proc = run_python(ROOT / "finetune.py", "--fsdp", "--base_model", tiny_llama, "--data", train_file,
+                      "--output_dir", tmp_path / "out", env={k: v for k, v in os.environ.items() if k != "WORLD_SIZE"})
+    assert "launch it with torchrun" in one_error_line(proc) and proc.stdout == ""
+    assert not (tmp_path / "out").exists()
