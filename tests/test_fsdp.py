@@ -137,3 +137,24 @@ def test_gpu_driver_logs_a_failed_run_and_cleans_up(tmp_path, llama_tokenizer_mo
     driver.print_table([row, {"experiment": "65b:4bit", "error": "RuntimeError: no room"}])
     table = capsys.readouterr().out
     assert "train FAILED (rc " in table and "ERROR RuntimeError: no room" in table
+
+
+def test_gpu_driver_never_writes_into_or_removes_a_folder_it_did_not_build(tmp_path, monkeypatch, train_file):
+    """A llama-<shape> folder of the user's where the driver would put its checkpoint is refused, not overwritten
+    nor removed; so is `build --out` into a folder holding other files."""
+    driver = benchmark_shard()
+    mine = tmp_path / "llama-64x192x2x4"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    (mine / INDEX_NAME).write_text("{}")
+    monkeypatch.setattr(driver, "checkpoint_home", lambda shape, work: tmp_path)
+    with pytest.raises(UserError, match="did not write"):  # main logs it as the experiment's error
+        driver.experiment("64x192x2x4:none", gpus=2, steps=1, resume_steps=1, data=str(train_file), work=tmp_path,
+                          tokenizer_model=None, keep=False)
+    with pytest.raises(UserError, match="did not write"):
+        driver.build("64x192x2x4", str(mine), writers=1)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", INDEX_NAME]
+    assert (mine / "config.json").read_text() == "{}"
+
+
+INDEX_NAME = "model.safetensors.index.json"
