@@ -214,3 +214,15 @@ def test_peft_method_still_works(tiny_llama, tmp_path):
     assert max_difference(loaded(tmp_path / "peft"), loaded(tmp_path / "stream")) < 1e-6
     marker = json.loads((tmp_path / "stream" / export.MARKER).read_text())
     assert marker["method"] == "stream"
+
+
+def test_missing_shard_or_broken_index_is_one_line(sharded_llama, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(sharded_llama, base)
+    adapter = make_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=QV)
+    sorted(base.glob("model-*.safetensors"))[-1].unlink()
+    with pytest.raises(UserError, match="cannot be read"):
+        merge.plan(base, merge.load_adapter(adapter), None, "adapter")
+    (base / merge.INDEX).write_text("{}")
+    with pytest.raises(UserError, match="not a safetensors index"):
+        merge.plan(base, merge.load_adapter(adapter), None, "adapter")
