@@ -226,3 +226,18 @@ def test_missing_shard_or_broken_index_is_one_line(sharded_llama, tmp_path):
     (base / merge.INDEX).write_text("{}")
     with pytest.raises(UserError, match="not a safetensors index"):
         merge.plan(base, merge.load_adapter(adapter), None, "adapter")
+
+
+def test_export_at_scale_reuses_only_a_base_of_its_shape(tmp_path):
+    import importlib.util
+
+    from alpaca_cot import ROOT
+
+    spec = importlib.util.spec_from_file_location("export_at_scale", ROOT / "scripts" / "export_at_scale.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    base = tmp_path / "base"
+    script.shape_tensors("7b")[0].save_pretrained(base)
+    assert not script.base_matches(base, "7b")  # no index: not complete
+    (base / merge.INDEX).write_text("{}")
+    assert script.base_matches(base, "7b") and not script.base_matches(base, "13b")
