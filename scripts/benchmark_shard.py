@@ -228,6 +228,16 @@ def experiment(spec: str, gpus: int, steps: int, resume_steps: int, data: str, w
     return result
 
 
+def check_specs(specs: list[str]):
+    """Each experiment's shape, quantization and micro-batch, before a checkpoint is built for it."""
+    for spec in specs:
+        parts = spec.split(":")
+        shape_of(parts[0])
+        if len(parts) not in (2, 3) or parts[1] not in ("none", "4bit") or not all(p.isdigit() for p in parts[2:]):
+            raise UserError(f"--experiments {spec!r}: shape:quantization[:micro_batch], quantization none or 4bit "
+                            "(--fsdp cannot shard int8)")
+
+
 def print_table(rows: list[dict]):
     print(f"\n{'experiment':16s} {'build s':>8s} {'train s':>8s} {'tok/s':>8s} {'rank0 GiB':>9s} {'sharded':>7s} "
           f"{'resume s':>8s} {'resumed':>7s} {'adapter':>7s}  per-GPU peak GiB (train)")
@@ -261,6 +271,7 @@ def main(experiments: str = "30b:none,65b:4bit", gpus: int = None, steps: int = 
         phases: train (from scratch, --overwrite), resume (from the run's checkpoint-<steps>), or both; with --keep,
             train in one call and resume in the next keeps each call short.
     """
+    check_specs(as_list(experiments))
     if launcher not in LAUNCHERS:
         raise UserError(f"--launcher {launcher!r}: choose {' or '.join(LAUNCHERS)}")
     if not torch.cuda.is_available():

@@ -157,4 +157,11 @@ def test_gpu_driver_never_writes_into_or_removes_a_folder_it_did_not_build(tmp_p
     assert (mine / "config.json").read_text() == "{}"
 
 
+
+@pytest.mark.parametrize("spec", ["30b:8bit", "30b", "30b:none:x", "31b:none"])
+def test_gpu_driver_checks_experiments_first(spec):
+    with pytest.raises(UserError, match="--experiments|unknown shape"):
+        benchmark_shard().main(experiments=spec)
+
+
 INDEX_NAME = "model.safetensors.index.json"
