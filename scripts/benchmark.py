@@ -279,7 +279,7 @@ def setup(shape: str, shared: Path, work: Path, memory_cap_gib: float):
         tiny.build(model, tokenizer_model=tokenizer_model if tokenizer_model.exists() else None, shape=shape)
         print(f"built a random-init {shape} model in {time.time() - t:.0f} s", flush=True)
     # Each recipe runs in its own process: hand this one's cached GPU memory (the matmul test, the
-    # model built on the GPU) back first, or it stays unavailable to them (26 GiB on a 7B shape).
+    # model built on the GPU) back first, or it stays unavailable to them.
     torch.cuda.empty_cache()
     data = make_data(shared, work / "bench_data.json")
     config = json.loads((model / "config.json").read_text())
