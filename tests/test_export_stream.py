@@ -241,3 +241,12 @@ def test_export_at_scale_reuses_only_a_base_of_its_shape(tmp_path):
     assert not script.base_matches(base, "7b")  # no index: not complete
     (base / merge.INDEX).write_text("{}")
     assert script.base_matches(base, "7b") and not script.base_matches(base, "13b")
+
+
+def test_overwrite_the_export_in_the_current_folder(tiny_llama, tmp_path, monkeypatch):
+    adapter = make_adapter(tiny_llama, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=QV)
+    export = load_export_script()
+    export.main(base_model=str(tiny_llama), lora_weights=str(adapter), out=str(tmp_path / "merged"))
+    monkeypatch.chdir(tmp_path / "merged")
+    export.main(base_model=str(tiny_llama), lora_weights=str(adapter), out=".", overwrite=True)
+    assert (tmp_path / "merged" / export.MARKER).is_file() and sorted(tmp_path.iterdir()) == [adapter, tmp_path / "merged"]
