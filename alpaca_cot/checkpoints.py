@@ -40,7 +40,8 @@ def run_config(f, files, n_records: int) -> dict:
     return dict(base_model=f.name, recipe=f.recipe or "default", files=[str(p) for p in files],
                 output_dir=str(f.output_dir), gradient_accumulation_steps=f.accumulation, world_size=f.world,
                 lora_target_modules=f.target_modules, prompt_template=f.prompt_template_name, records=n_records,
-                **{k: getattr(f, k) for k in keys}, **({"fsdp": True} if f.fsdp else {}))  # others' records unchanged
+                **{k: getattr(f, k) for k in keys}, **({"fsdp": True} if f.fsdp else {}),
+                **({"balance_ranks": False} if not f.balance_ranks else {}))  # others' records unchanged
 
 
 def run_record(config: dict, files: list[Path]) -> dict:

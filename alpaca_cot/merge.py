@@ -101,8 +101,11 @@ def load_adapter(folder) -> dict[str, Lora]:
 def base_files(folder: Path) -> tuple[list[str], dict | None]:
     """The base's safetensors files (in index order) and its index, if it has one."""
     if (folder / INDEX).is_file():
-        index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
-        return sorted(set(index["weight_map"].values())), index
+        try:
+            index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
+            return sorted(set(index["weight_map"].values())), index
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{folder / INDEX} is not a safetensors index (no weight_map of file names)") from None
     if (folder / SINGLE).is_file():
         return [SINGLE], None
     raise UserError(f"{folder} holds no safetensors weights ({SINGLE} or {INDEX}); the streaming merge "
@@ -119,8 +122,8 @@ def read_header(path: Path) -> dict:
             header = json.loads(f.read(length))
         metadata = header.pop("__metadata__", None) or {}
         tensors = {k: (v["dtype"], list(v["shape"]), tuple(v["data_offsets"])) for k, v in header.items()}
-    except (ValueError, KeyError, TypeError, AttributeError, MemoryError):
-        raise UserError(f"{path} is not a readable safetensors file (truncated or damaged?)") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, MemoryError):
+        raise UserError(f"{path} cannot be read as a safetensors file (missing, truncated or damaged?)") from None
     return {"tensors": dict(sorted(tensors.items(), key=lambda kv: kv[1][2])), "metadata": metadata, "start": 8 + length}
 
 

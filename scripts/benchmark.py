@@ -279,7 +279,7 @@ def setup(shape: str, shared: Path, work: Path, memory_cap_gib: float):
         tiny.build(model, tokenizer_model=tokenizer_model if tokenizer_model.exists() else None, shape=shape)
         print(f"built a random-init {shape} model in {time.time() - t:.0f} s", flush=True)
     # Each recipe runs in its own process: hand this one's cached GPU memory (the matmul test, the
-    # model built on the GPU) back first, or it stays unavailable to them (26 GiB on a 7B shape).
+    # model built on the GPU) back first, or it stays unavailable to them.
     torch.cuda.empty_cache()
     data = make_data(shared, work / "bench_data.json")
     config = json.loads((model / "config.json").read_text())
@@ -316,6 +316,8 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
     counts = gpu_counts(gpus, torch.cuda.device_count()) if gpus else None
     if counts and "legacy" in names(recipes):
         raise UserError("--gpus runs finetune.py recipes; drop legacy from --recipes")
+    if counts:
+        check_global_batch(names(recipes), counts, global_batch)
     report, model, data, flops_per_token = setup(shape, Path(shared or ROOT.parent / "shared"), Path(work_dir),
                                                  memory_cap_gib)
     if counts:
@@ -371,6 +373,18 @@ def gpu_counts(value, available: int) -> list[int]:
     if bad or not counts:
         raise UserError(f"--gpus {value}: each count must be between 1 and the {available} GPUs present")
     return counts
+
+
+def check_global_batch(recipes: list[str], counts: list[int], global_batch: int):
+    """Each run's global batch must split into whole micro-batches per GPU, or finetune.py refuses it only after
+    the model is built."""
+    for recipe in recipes:
+        args = finetune_command(recipe, Path("model"), Path("data"), Path("run"), 1)
+        micro = int(args[args.index("--micro_batch_size") + 1])
+        for n in counts:
+            if global_batch % (micro * n):
+                raise UserError(f"--global_batch {global_batch} is not a multiple of {recipe}'s micro-batch {micro} "
+                                f"x {n} GPUs")
 
 
 def scaling_command(finetune: list[str], n_gpus: int, visible: str = None) -> tuple[list[str], dict]:

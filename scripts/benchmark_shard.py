@@ -33,6 +33,7 @@ from alpaca_cot import ROOT, tiny  # noqa: E402
 from alpaca_cot.cli import UserError, as_list, run  # noqa: E402
 
 INDEX = "model.safetensors.index.json"
+MARKER = ".alpaca-cot-random-checkpoint"  # what build writes first: only such folders are reused or removed
 
 
 def shape_of(shape: str) -> tuple:
@@ -88,12 +89,14 @@ def build(shape: str, out: str, writers: int = None, tokenizer_model: str = None
 
     Args:
         shape: 7b, 13b, 30b, 65b, or HIDDENxINTERMEDIATExLAYERSxHEADS (256x768x4x4).
-        out: the checkpoint folder.
+        out: the checkpoint folder (new, or one this script wrote).
         writers: writer processes (the visible GPUs by default, 2 on a CPU).
         tokenizer_model: LLaMA's SentencePiece model (one is trained on the demo data without it).
     """
     started, folder = time.time(), Path(out)
+    check_ours(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).touch()
     hidden, intermediate, layers, heads = shape_of(shape)
     tokenizer = tiny.save_tokenizer(folder, tokenizer_model)
     config = tiny.llama_config(tokenizer, hidden, intermediate, layers, heads, init_std=0.02)
@@ -109,6 +112,12 @@ def build(shape: str, out: str, writers: int = None, tokenizer_model: str = None
     size = sum(2 * torch.Size(shape).numel() for group in files for _, shape in group)
     (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=1))
     return round(time.time() - started, 1)
+
+
+def check_ours(folder: Path):
+    """Refuse a folder of someone else's: build writes into it and experiments remove it."""
+    if folder.is_file() or (folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file()):
+        raise UserError(f"{folder} holds files this script did not write; choose another --out or --work_dir")
 
 
 class GpuPeaks:
@@ -192,6 +201,7 @@ def experiment(spec: str, gpus: int, steps: int, resume_steps: int, data: str, w
     micro = int(rest[0]) if rest else (8 if quantization == "4bit" else 4)
     result, tag = {"experiment": spec, "gpus": gpus, "micro_batch_size": micro, "launcher": launcher}, spec.replace(":", "-")
     model, run_dir = checkpoint_home(shape, work) / f"llama-{shape}", work / f"run-{tag}"
+    check_ours(model)
     if not (model / INDEX).exists():
         result["build_seconds"] = build(shape, str(model), tokenizer_model=tokenizer_model)
     print(f"{spec}: checkpoint ready ({result.get('build_seconds', 'built before')} s)", flush=True)
@@ -216,6 +226,16 @@ def experiment(spec: str, gpus: int, steps: int, resume_steps: int, data: str, w
         if not keep:
             shutil.rmtree(model, ignore_errors=True)
     return result
+
+
+def check_specs(specs: list[str]):
+    """Each experiment's shape, quantization and micro-batch, before a checkpoint is built for it."""
+    for spec in specs:
+        parts = spec.split(":")
+        shape_of(parts[0])
+        if len(parts) not in (2, 3) or parts[1] not in ("none", "4bit") or not all(p.isdigit() for p in parts[2:]):
+            raise UserError(f"--experiments {spec!r}: shape:quantization[:micro_batch], quantization none or 4bit "
+                            "(--fsdp cannot shard int8)")
 
 
 def print_table(rows: list[dict]):
@@ -251,6 +271,7 @@ def main(experiments: str = "30b:none,65b:4bit", gpus: int = None, steps: int = 
         phases: train (from scratch, --overwrite), resume (from the run's checkpoint-<steps>), or both; with --keep,
             train in one call and resume in the next keeps each call short.
     """
+    check_specs(as_list(experiments))
     if launcher not in LAUNCHERS:
         raise UserError(f"--launcher {launcher!r}: choose {' or '.join(LAUNCHERS)}")
     if not torch.cuda.is_available():

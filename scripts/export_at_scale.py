@@ -6,10 +6,10 @@ merged weight against base + scale * B @ A.
 
     CUDA_VISIBLE_DEVICES= python scripts/export_at_scale.py --shape 30b --workdir /scratch/export-30b
 
---workdir holds only what this script writes (base/, adapter/, merged/); a complete base/ from an
-earlier call is reused, so with --keep a call cut off during the export can be repeated without
-rebuilding. Disk: the base and the merged copy (2 x 61 GiB for 30b, 2 x 122 GiB for 65b). Everything
-is removed at the end unless --keep. It needs the project's requirements (fire among them) and the
+--workdir holds only what this script writes (base/, adapter/, merged/); a complete base/ of the same
+shape from an earlier call is reused (one of another shape is rebuilt), so with --keep a call cut off
+during the export can be repeated without rebuilding. Disk: the base and the merged copy (2 x 61 GiB
+for 30b, 2 x 122 GiB for 65b). Everything is removed at the end unless --keep. It needs the project's requirements (fire among them) and the
 package importable (run from the repository root; the export child gets PYTHONPATH set to it).
 """
 
@@ -98,6 +98,16 @@ def build_base(folder: Path, shape: str, shard_gib: float):
     return sum(torch.Size(d).numel() for _, d in tensors)
 
 
+def base_matches(base: Path, shape: str) -> bool:
+    """base/ is a complete base (build_base renames it into place last) of this shape."""
+    try:
+        config = json.loads((base / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (base / merge.INDEX).is_file() and tiny.SHAPES[shape] == tuple(config.get(k) for k in (
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"))
+
+
 def build_adapter(folder: Path, base: Path, shape: str, r: int = 8, alpha: int = 16):
     from peft import LoraConfig
     from safetensors.torch import save_file
@@ -175,9 +185,10 @@ def main(shape: str = "30b", workdir: str = None, shard_gib: float = 5.0, keep: 
     base, adapter, out = workdir / "base", workdir / "adapter", workdir / "merged"
     say(f"{shape}: {parameters / 1e9:.2f}B parameters, {2 * parameters / 2**30:.1f} GiB in bf16; "
         f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads")
-    if base.is_dir():
+    if base_matches(base, shape):
         say(f"base: reusing {base}")
     else:
+        shutil.rmtree(base, ignore_errors=True)  # another shape's, from an earlier call with --keep
         build_base(base, shape, shard_gib)
         say("base: done")
     shutil.rmtree(adapter, ignore_errors=True)

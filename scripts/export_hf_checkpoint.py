@@ -183,7 +183,8 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, dtyp
     start = time.perf_counter()
     # ---- everything checked before a model is loaded or a file written ----
     check_flags(quantization, device, dtype, method, lora_weights, out)
-    lora_weights, out = Path(str(lora_weights)).expanduser(), Path(str(out)).expanduser()
+    # absolute, so that `--out .` has a name to put its temporary folder beside
+    lora_weights, out = Path(str(lora_weights)).expanduser(), Path(os.path.abspath(Path(str(out)).expanduser()))
     name = models.base_model_name(size, base_model)
     check_adapter(lora_weights)
     clean_leftovers(out)

@@ -23,6 +23,12 @@ def test_gpu_counts_are_checked():
             benchmark.gpu_counts(bad, 4)
 
 
+def test_global_batch_is_checked_before_the_model_is_built():
+    benchmark.check_global_batch(["none:32", "none:32:unbalanced"], [1, 2, 4], 128)
+    with pytest.raises(UserError, match="--global_batch 96 is not a multiple of none:32's micro-batch 32 x 2 GPUs"):
+        benchmark.check_global_batch(["none:32"], [1, 2, 4], 96)
+
+
 def test_scaling_command(tmp_path):
     args = benchmark.finetune_command("none:32:unbalanced", tmp_path / "m", tmp_path / "d.json", tmp_path / "r", 45,
                                       128)

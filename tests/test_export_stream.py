@@ -214,3 +214,39 @@ def test_peft_method_still_works(tiny_llama, tmp_path):
     assert max_difference(loaded(tmp_path / "peft"), loaded(tmp_path / "stream")) < 1e-6
     marker = json.loads((tmp_path / "stream" / export.MARKER).read_text())
     assert marker["method"] == "stream"
+
+
+def test_missing_shard_or_broken_index_is_one_line(sharded_llama, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(sharded_llama, base)
+    adapter = make_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=QV)
+    sorted(base.glob("model-*.safetensors"))[-1].unlink()
+    with pytest.raises(UserError, match="cannot be read"):
+        merge.plan(base, merge.load_adapter(adapter), None, "adapter")
+    (base / merge.INDEX).write_text("{}")
+    with pytest.raises(UserError, match="not a safetensors index"):
+        merge.plan(base, merge.load_adapter(adapter), None, "adapter")
+
+
+def test_export_at_scale_reuses_only_a_base_of_its_shape(tmp_path):
+    import importlib.util
+
+    from alpaca_cot import ROOT
+
+    spec = importlib.util.spec_from_file_location("export_at_scale", ROOT / "scripts" / "export_at_scale.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    base = tmp_path / "base"
+    script.shape_tensors("7b")[0].save_pretrained(base)
+    assert not script.base_matches(base, "7b")  # no index: not complete
+    (base / merge.INDEX).write_text("{}")
+    assert script.base_matches(base, "7b") and not script.base_matches(base, "13b")
+
+
+def test_overwrite_the_export_in_the_current_folder(tiny_llama, tmp_path, monkeypatch):
+    adapter = make_adapter(tiny_llama, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=QV)
+    export = load_export_script()
+    export.main(base_model=str(tiny_llama), lora_weights=str(adapter), out=str(tmp_path / "merged"))
+    monkeypatch.chdir(tmp_path / "merged")
+    export.main(base_model=str(tiny_llama), lora_weights=str(adapter), out=".", overwrite=True)
+    assert (tmp_path / "merged" / export.MARKER).is_file() and sorted(tmp_path.iterdir()) == [adapter, tmp_path / "merged"]

@@ -479,3 +479,15 @@ def test_web_request_is_capped(monkeypatch):
     answering.serve(gen, "127.0.0.1", 7860, False, ("ann", "secret"))
     assert launched["auth"] == ("ann", "secret") and launched["server_name"] == "127.0.0.1"
     assert sliders["Max new tokens"] <= answering.WEB_MAX_NEW_TOKENS and sliders["Beams"] <= answering.WEB_MAX_BEAMS
+
+
+def test_resume_in_the_other_rank_order_is_refused(reference, tiny_llama, small_data, tmp_path):
+    """--balance_ranks changes the data order over several GPUs: resuming with the other value would skip
+    the steps already trained in another order than they were trained in."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    with pytest.raises(UserError, match="different run.*balance_ranks"):
+        finetune(**flags(tiny_llama, small_data, out, max_steps=12, balance_ranks=False), resume_from_checkpoint="auto")
+    assert "balance_ranks" not in json.loads((out / "run.json").read_text())  # earlier runs' records unchanged

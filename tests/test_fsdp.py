@@ -148,3 +148,30 @@ def test_fsdp_without_a_launch_is_one_line_and_nothing_else(tiny_llama, train_fi
                       "--output_dir", tmp_path / "out", env={k: v for k, v in os.environ.items() if k != "WORLD_SIZE"})
     assert "launch it with torchrun" in one_error_line(proc) and proc.stdout == ""
     assert not (tmp_path / "out").exists()
+
+def test_gpu_driver_never_writes_into_or_removes_a_folder_it_did_not_build(tmp_path, monkeypatch, train_file):
+    """A llama-<shape> folder of the user's where the driver would put its checkpoint is refused, not overwritten
+    nor removed; so is `build --out` into a folder holding other files."""
+    driver = benchmark_shard()
+    mine = tmp_path / "llama-64x192x2x4"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    (mine / INDEX_NAME).write_text("{}")
+    monkeypatch.setattr(driver, "checkpoint_home", lambda shape, work: tmp_path)
+    with pytest.raises(UserError, match="did not write"):  # main logs it as the experiment's error
+        driver.experiment("64x192x2x4:none", gpus=2, steps=1, resume_steps=1, data=str(train_file), work=tmp_path,
+                          tokenizer_model=None, keep=False)
+    with pytest.raises(UserError, match="did not write"):
+        driver.build("64x192x2x4", str(mine), writers=1)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", INDEX_NAME]
+    assert (mine / "config.json").read_text() == "{}"
+
+
+
+@pytest.mark.parametrize("spec", ["30b:8bit", "30b", "30b:none:x", "31b:none"])
+def test_gpu_driver_checks_experiments_first(spec):
+    with pytest.raises(UserError, match="--experiments|unknown shape"):
+        benchmark_shard().main(experiments=spec)
+
+
+INDEX_NAME = "model.safetensors.index.json"
