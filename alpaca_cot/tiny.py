@@ -58,13 +58,25 @@ def save_tokenizer(out_dir: Path, tokenizer_model=None):
 
 
 def llama_config(tokenizer, hidden_size, intermediate, layers, heads, init_std):
+    """A LLaMA config; tokenizer None: LLaMA's own vocabulary size and BOS/EOS ids."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate,
+    vocab, bos, eos = (32000, 1, 2) if tokenizer is None else (len(tokenizer), tokenizer.bos_token_id,
+                                                                tokenizer.eos_token_id)
+    return LlamaConfig(vocab_size=vocab, hidden_size=hidden_size, intermediate_size=intermediate,
                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                       max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=None, tie_word_embeddings=False,
-                       initializer_range=init_std)
+                       max_position_embeddings=2048, bos_token_id=bos, eos_token_id=eos, pad_token_id=None,
+                       tie_word_embeddings=False, initializer_range=init_std)
+
+
+def tensor_shapes(config) -> dict[str, tuple]:
+    """Every tensor of a LLaMA checkpoint and its shape, from a model built on the meta device (no memory)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
 def build(out_dir, tokenizer_model=None, hidden_size=128, layers=2, heads=4, seed=0, init_std=None, shape=None):

@@ -49,14 +49,10 @@ def shape_of(shape: str) -> tuple:
 
 def groups(config) -> list[list[tuple[str, tuple]]]:
     """The state dict's tensors as shard files: the embeddings, norm and head first, then one file per layer."""
-    from transformers import LlamaForCausalLM
-
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
     files = [[] for _ in range(config.num_hidden_layers + 1)]
-    for name, tensor in model.state_dict().items():
+    for name, shape in tiny.tensor_shapes(config).items():
         layer = name.split(".")[2] if name.startswith("model.layers.") else None
-        files[0 if layer is None else int(layer) + 1].append((name, tuple(tensor.shape)))
+        files[0 if layer is None else int(layer) + 1].append((name, shape))
     return files
 
 

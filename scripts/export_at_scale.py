@@ -39,15 +39,9 @@ def say(message: str):
 
 def shape_tensors(shape: str):
     """(config, [(name, shape)]) of the LLaMA-1 shape, from a model built on the meta device."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    hidden, intermediate, layers, heads = tiny.SHAPES[shape]
-    config = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=2048,
-                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, dtype="bfloat16")
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    return config, [(name, list(p.shape)) for name, p in model.state_dict().items()]
+    config = tiny.llama_config(None, *tiny.SHAPES[shape], init_std=0.02)
+    config.dtype = "bfloat16"
+    return config, [(name, list(dims)) for name, dims in tiny.tensor_shapes(config).items()]
 
 
 BLOCK = 1 << 20
