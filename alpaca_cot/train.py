@@ -70,6 +70,7 @@ def finetune(
     decontaminate: str = None,
     group_by_length: bool = None,
     balance_ranks: bool = True,
+    overlap_steps: bool = True,
     skip_bad_records: bool = False,
     # run
     resume_from_checkpoint: str = None,
@@ -126,6 +127,9 @@ def finetune(
         group_by_length: batch records of similar length together (on; off with --recipe 2023).
         balance_ranks: with group_by_length on several GPUs, give every GPU an equal share of each step's padded
             tokens (False: transformers' order, whose longest micro-batch of each step goes to the first GPU).
+        overlap_steps: on a GPU, copy micro-batches to it without waiting and drop the Trainer's per-step NaN
+            check of the logged loss, so that the CPU prepares the next step while the GPU computes (False: the
+            Trainer's synchronous loop, for comparison).
         skip_bad_records: skip and count malformed records instead of stopping.
         resume_from_checkpoint: auto (the last checkpoint in output_dir) or a checkpoint folder.
         overwrite: replace an adapter already saved in output_dir.

@@ -14,7 +14,8 @@ the CUDA context), to check on a larger card that a recipe fits the smaller one.
 Then generation (ms/token at batch 1, tokens/s at batch 32, 128 new tokens).
 `--gpus 1,2,4` instead runs each recipe on the first 1, 2 and 4 GPUs (torchrun) at the same global
 batch and reports real tokens/s per GPU against 1 GPU; `none:unbalanced` is `none` with finetune's
---balance_ranks False (transformers' order dealt round-robin to the ranks), to compare the two orders.
+--balance_ranks False (transformers' order dealt round-robin to the ranks), to compare the two orders;
+`none:nooverlap` is `none` with --overlap_steps False (the Trainer's synchronous loop).
 `python scripts/benchmark.py data_path --data D --model M` measures the CPU data path alone.
 Prints a table and writes the figures, card, versions and date as JSON.
 """
@@ -87,6 +88,8 @@ def finetune_command(recipe: str, model: Path, data: Path, run_dir: Path, max_st
         args += ["--attn_implementation", "flex_attention"]
     if "unbalanced" in options:
         args += ["--balance_ranks", "False"]
+    if "nooverlap" in options:
+        args += ["--overlap_steps", "False"]
     return args
 
 
@@ -298,7 +301,8 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
     Args:
         shape: the LLaMA-1 shape of the random-init model: 7b or 13b.
         recipes: comma-separated: legacy, 8bit, 4bit, none, with options such as 4bit:8 or none:fused;
-            with --gpus, `none:unbalanced` trains with --balance_ranks False.
+            with --gpus, `none:unbalanced` trains with --balance_ranks False; `none:nooverlap` (any run) with
+            --overlap_steps False.
         steps: optimizer steps of one micro-batch each per recipe.
         shared: the folder with the real data and the LLaMA tokenizer; ../shared by default.
         work_dir: where the model, data, runs and logs go.

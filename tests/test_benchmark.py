@@ -41,6 +41,9 @@ def test_scaling_command(tmp_path):
     assert four[:7] == [args[0], "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", "finetune.py"]
     assert four[7:] == args[2:] and env == {"CUDA_VISIBLE_DEVICES": "3,5,6,7"}
     assert "--balance_ranks" not in benchmark.finetune_command("none", *[tmp_path] * 3, 45)
+    synchronous = benchmark.finetune_command("none:nooverlap", *[tmp_path] * 3, 45)
+    assert synchronous[synchronous.index("--overlap_steps") + 1] == "False" and "--overlap_steps" not in args
+    assert benchmark.baseline("none:nooverlap") == "none:nooverlap"  # its own 1-GPU run, not the overlapped one
 
 
 def test_efficiency_against_one_gpu(capsys):

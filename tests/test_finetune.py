@@ -234,3 +234,19 @@ def test_default_micro_batch_follows_the_measured_memory():
     assert default_micro_batch_size("none", False) == 16
     assert default_micro_batch_size("none", True) == 32
     assert default_micro_batch_size("8bit", True) == default_micro_batch_size("4bit", True) == 16
+
+
+def test_overlap_settings_are_training_arguments_of_this_transformers(tmp_path):
+    """_training_args drops names this transformers lacks, so a renamed setting would vanish silently:
+    every --overlap_steps setting must be a TrainingArguments parameter and reach the accelerator's config."""
+    import inspect
+
+    from transformers import TrainingArguments
+
+    from alpaca_cot.trainer import OVERLAP_STEPS, _training_args
+
+    assert set(OVERLAP_STEPS) <= set(inspect.signature(TrainingArguments.__init__).parameters)
+    args = _training_args(output_dir=str(tmp_path), use_cpu=True, group_by_length=False, report_to="none",
+                          **OVERLAP_STEPS)
+    assert args.accelerator_config.non_blocking  # pinned memory: on a GPU only
+    assert not args.logging_nan_inf_filter
