@@ -140,6 +140,7 @@ def finetune(
     check_finetune_flags(**flags)
     started = time.time()
     run = prepare(resolve(flags))  # every flag, the data and the output folder checked before a model loads
+    start_distributed()
     trainer, speed = build_trainer(run)
     trainer.balance_ranks = run.flags.balance_ranks
     main_process_then_others(lambda: checkpoints.claim(run.output_dir, run.record, run.plan))
@@ -152,6 +153,8 @@ def finetune(
         checkpoints.write_summary(run.output_dir, result.metrics, trainer.state.log_history, speed.metrics(), log=log,
                                   seconds=round(time.time() - started, 1), output_dir=str(run.output_dir),
                                   quantization=run.flags.quantization)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return trainer
 
 
@@ -212,6 +215,14 @@ def prepare(f: SimpleNamespace) -> SimpleNamespace:
                                     f.seed, f.train_on_history, log=log)
     return SimpleNamespace(flags=f, output_dir=f.output_dir, tokenizer=tokenizer, record=record, plan=plan,
                            train_data=train_data, val_data=val_data)
+
+
+def start_distributed():
+    """Under a GPU launcher, the process group bound to this process's GPU before the Trainer's arguments
+    start one without a device, which makes every barrier warn and NCCL guess the rank's GPU."""
+    if models.world_size() > 1 and torch.cuda.is_available() and not torch.distributed.is_initialized():
+        torch.cuda.set_device(models.local_rank())
+        torch.distributed.init_process_group("nccl", device_id=torch.device("cuda", models.local_rank()))
 
 
 def main_process_then_others(fn):
