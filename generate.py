@@ -16,7 +16,7 @@ from alpaca_cot import models, recipes
 from alpaca_cot.answer import (answer_file, check_serving, import_gradio, interactive, output_path,
                                read_records, serve, worth_compiling)
 from alpaca_cot.cli import UserError, run
-from alpaca_cot.data import check_readable
+from alpaca_cot.catalog import check_readable
 from alpaca_cot.generation import Generator, decoding_kwargs
 from alpaca_cot.checkpoints import default_output_dir
 

@@ -107,7 +107,7 @@ def last_complete(folder: Path, warn=print) -> tuple[Path | None, list[Path]]:
 def default_output_dir(data, size, base_model=None) -> str:
     """Where finetune.py saves and generate.py looks: saved-cot7b for --size (the 2023 repo's names), and
     saved-{data}-{base model's name} for --base_model (saved-cot-llama-13b), so that bases never share one."""
-    from .data import name_of
+    from .catalog import name_of
 
     if not base_model:
         return f"saved-{name_of(data)}{size}b"

@@ -17,7 +17,7 @@ import torch
 from . import checkpoints, models, recipes, sharding
 from .checks import check_finetune_flags
 from .cli import UserError, as_list
-from .mixture import prepare as prepare_data
+from .data import prepare as prepare_data
 from .preprocess import prompt_overhead, tokenise
 from .prompter import Prompter
 from .trainer import build_trainer, target_modules
