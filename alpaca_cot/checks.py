@@ -7,7 +7,7 @@ checks DECODING_RULES; each failure is a one-line `UserError` naming the flag an
 import importlib.util
 
 from .cli import UserError, as_list
-from .prompter import Prompter
+from .preprocess import Prompter
 
 
 def _number(v) -> bool:

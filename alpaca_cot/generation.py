@@ -13,8 +13,7 @@ from . import models
 from .adapters import check_adapter_source, load_adapter, tokenizer_source
 from .checks import DECODING_RULES, require
 from .cli import UserError
-from .preprocess import encode_prompt
-from .prompter import Prompter
+from .preprocess import Prompter, encode_prompt
 
 # Appended by --cot: the zero-shot chain-of-thought trigger.
 COT_TRIGGER = "Let's think step by step."

@@ -18,8 +18,7 @@ from . import checkpoints, models, recipes, sharding
 from .checks import check_finetune_flags
 from .cli import UserError, as_list
 from .data import prepare as prepare_data
-from .preprocess import prompt_overhead, tokenise
-from .prompter import Prompter
+from .preprocess import Prompter, prompt_overhead, tokenise
 from .trainer import build_trainer, target_modules
 
 

@@ -114,8 +114,7 @@ def legacy_2023(model: str, data: str, steps: int = 12, out: str = "legacy.json"
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, DataCollatorForLanguageModeling, Trainer
 
     from alpaca_cot import data as registry, models
-    from alpaca_cot.preprocess import encode_batch
-    from alpaca_cot.prompter import Prompter
+    from alpaca_cot.preprocess import Prompter, encode_batch
     from alpaca_cot.throughput import CountingCollator, throughput_callback
     from alpaca_cot.trainer import _training_args
 
@@ -224,8 +223,7 @@ def data_path(data: str, model: str, records: int = 600_000, legacy_records: int
     from datasets import Dataset
 
     from alpaca_cot import data as registry, models
-    from alpaca_cot.preprocess import encode_batch
-    from alpaca_cot.prompter import Prompter
+    from alpaca_cot.preprocess import Prompter, encode_batch
 
     tokenizer, prompter = models.load_tokenizer(model), Prompter("alpaca")
     columns = registry.load(data, skip_bad_records=True)

@@ -15,8 +15,7 @@ import torch
 
 from alpaca_cot import data, models, tiny
 from alpaca_cot.cli import UserError, run
-from alpaca_cot.preprocess import encode_batch
-from alpaca_cot.prompter import Prompter
+from alpaca_cot.preprocess import Prompter, encode_batch
 from alpaca_cot.throughput import CountingCollator
 
 

@@ -9,8 +9,7 @@ import pytest
 
 from alpaca_cot import DATA_DIR, ROOT, catalog, data
 from alpaca_cot.cli import UserError
-from alpaca_cot.preprocess import encode_batch, encode_prompt
-from alpaca_cot.prompter import Prompter
+from alpaca_cot.preprocess import Prompter, encode_batch, encode_prompt
 from alpaca_cot.stats import length_stats
 from conftest import one_error_line, run_python
 

@@ -14,8 +14,7 @@ from alpaca_cot import checkpoints, models, recipes
 from alpaca_cot.adapters import is_hub_adapter, load_adapter, tokenizer_source
 from alpaca_cot.cli import UserError
 from alpaca_cot.generation import decoding_kwargs
-from alpaca_cot.preprocess import IGNORE, _bos, encode_batch, encode_prompt
-from alpaca_cot.prompter import Prompter
+from alpaca_cot.preprocess import IGNORE, Prompter, _bos, encode_batch, encode_prompt
 from alpaca_cot.throughput import CountingCollator
 from alpaca_cot.train import finetune
 from conftest import ROOT, run_python
