@@ -14,8 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# save_adapter and check_adapter are also imported from here (train.py, the export script).
-from .adapters import check_adapter, finish_interrupted_save, holds_adapter, save_adapter  # noqa: F401
+from .adapters import finish_interrupted_save, holds_adapter
 from .cli import UserError
 from .io import sha256, write_json_atomic
 from .resumable import run_loss

@@ -3,7 +3,7 @@
 What a --data name means is catalog.py's. Here each file is read (JSON list or JSON Lines) and every
 record checked; a bad record stops the run with its file and place, or is skipped and counted.
 
-The mixture (`prepare`): load, decontaminate, deduplicate, then draw each source. `--data
+The mixture (`load_mixture`): load, decontaminate, deduplicate, then draw each source. `--data
 alpaca:2000,cot:0.5` takes at most 2000 Alpaca records and half of the CoT records; a weight above 1
 repeats a source (2: every record twice; 1.5: every record once and a drawn half again).
 `--max_records_per_source` caps every source after its own count or weight. Each source is drawn with
@@ -138,7 +138,7 @@ def load_file(path: Path, skip_bad_records: bool = False, require_output: bool =
 
 def load(data, skip_bad_records: bool = False, data_dir: Path = DATA_DIR, log=print, seed: int = 42) -> dict[str, list]:
     """All records that --data names, counts and weights drawn with seed, as columns (see to_columns)."""
-    return prepare(data, seed=seed, skip_bad_records=skip_bad_records, data_dir=data_dir, log=log)[1]
+    return load_mixture(data, seed=seed, skip_bad_records=skip_bad_records, data_dir=data_dir, log=log)[1]
 
 
 def load_sources(paths: list[Path], skip_bad_records: bool = False, log=print) -> list[tuple[Path, list[dict]]]:
@@ -205,8 +205,8 @@ def _log_counts(log, what: str, removed: dict):
         log(f"{what}: " + ", ".join(f"{path.stem} {n}" for path, n in removed.items()) + f" (total {sum(removed.values())})")
 
 
-def prepare(spec, *, seed: int = 42, skip_bad_records: bool = False, max_records_per_source: int | None = None,
-            dedup_mode: str = "none", decontaminate=None, data_dir: Path = DATA_DIR, log=print):
+def load_mixture(spec, *, seed: int = 42, skip_bad_records: bool = False, max_records_per_source: int | None = None,
+                 dedup_mode: str = "none", decontaminate=None, data_dir: Path = DATA_DIR, log=print):
     """(files, columns) of the mixture --data names; see the module docstring for the order of steps."""
     if dedup_mode not in DEDUP:
         raise UserError(f"--dedup must be one of {', '.join(DEDUP)}, got {dedup_mode!r}")

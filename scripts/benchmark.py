@@ -65,7 +65,7 @@ def finetune_command(recipe: str, model: Path, data: Path, run_dir: Path, max_st
 
     batch_size: records per optimizer step over all GPUs; one micro-batch by default.
     """
-    from alpaca_cot import models
+    from alpaca_cot import kernels
     from alpaca_cot.recipes import default_micro_batch_size
 
     quantization, *options = recipe.split(":")  # e.g. 4bit:8:nockpt = micro-batch 8, no checkpointing
@@ -74,7 +74,7 @@ def finetune_command(recipe: str, model: Path, data: Path, run_dir: Path, max_st
             "--output_dir", str(run_dir), "--overwrite", "--report_to", "none", "--save_steps", "100000",
             "--logging_steps", "20"]
     chosen = "fused" in options or "unfused" in options
-    fused = "fused" in options if chosen else models.use_fused_kernels(None)
+    fused = "fused" in options if chosen else kernels.use_fused_kernels(None)
     micro = next((int(o) for o in options if o.isdigit()), default_micro_batch_size(quantization, fused))
     args += ["--micro_batch_size", str(micro), "--batch_size", str(batch_size or micro)]
     if "ckpt" in options or "nockpt" in options:

@@ -300,9 +300,9 @@ def test_no_speed_line_when_nothing_was_measured(tmp_path, capsys):
 
 
 def test_liger_missing_backend_warnings_are_dropped_and_others_kept(caplog):
-    from alpaca_cot import models
+    from alpaca_cot import kernels
 
-    models.quiet_liger_backends()
+    kernels.quiet_liger_backends()
     logger = logging.getLogger("liger_kernel.backends.registry")
     with caplog.at_level(logging.WARNING, logger=logger.name):
         logger.warning("Backend impl '%s' for op '%s' could not be imported: %s", "x._cutedsl.rope", "rope", "ImportError")

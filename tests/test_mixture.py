@@ -23,7 +23,7 @@ def data_dir(tmp_path):
 
 def load(spec, data_dir, **kwargs):
     logged = []
-    files, columns = data.prepare(spec, data_dir=data_dir, log=logged.append, **kwargs)
+    files, columns = data.load_mixture(spec, data_dir=data_dir, log=logged.append, **kwargs)
     return columns, logged
 
 
