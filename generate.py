@@ -15,10 +15,11 @@ import torch
 from alpaca_cot import models, recipes
 from alpaca_cot.answer import (answer_file, check_serving, import_gradio, interactive, output_path,
                                read_records, serve, worth_compiling)
-from alpaca_cot.cli import UserError, run
-from alpaca_cot.data import check_readable
-from alpaca_cot.generation import Generator, decoding_kwargs
+from alpaca_cot.catalog import check_readable
 from alpaca_cot.checkpoints import default_output_dir
+from alpaca_cot.checks import check_device_map
+from alpaca_cot.cli import UserError, run
+from alpaca_cot.generation import Generator, decoding_kwargs
 
 
 # fire would turn text like "red, green" into a tuple and "None" into None: instructions stay text.
@@ -87,7 +88,7 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
         output_file = output_path(input_file, output_file, overwrite)
     if batch_size <= 0:
         raise UserError(f"--batch_size must be positive, got {batch_size}")
-    models.check_device_map(device_map)
+    check_device_map(device_map)
     # Everything the user gave is checked before the model is loaded.
     records = read_records(input_file, skip_bad_records) if input_file is not None else None
     if web and input_file is None and instruction is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import models
+from . import hub
 from .cli import UserError
 
 STAGING_PREFIX = ".saving-"
@@ -110,13 +110,13 @@ def check_adapter(lora_weights):
 
 def is_hub_adapter(lora_weights) -> bool:
     """An adapter id on the hub (org/name) rather than a local folder."""
-    return lora_weights is not None and "/" in str(lora_weights) and models.is_hub_id(str(lora_weights))
+    return lora_weights is not None and "/" in str(lora_weights) and hub.is_hub_id(str(lora_weights))
 
 
 def check_adapter_source(lora_weights):
     """A local adapter folder must hold a complete adapter; a hub id must be reachable."""
     if is_hub_adapter(lora_weights):
-        models.check_hub_reachable(str(lora_weights))
+        hub.check_hub_reachable(str(lora_weights))
     else:
         check_adapter(lora_weights)
 

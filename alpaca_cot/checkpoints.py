@@ -14,8 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# save_adapter and check_adapter are also imported from here (train.py, the export script).
-from .adapters import check_adapter, finish_interrupted_save, holds_adapter, save_adapter  # noqa: F401
+from .adapters import finish_interrupted_save, holds_adapter
 from .cli import UserError
 from .io import sha256, write_json_atomic
 from .resumable import run_loss
@@ -107,7 +106,7 @@ def last_complete(folder: Path, warn=print) -> tuple[Path | None, list[Path]]:
 def default_output_dir(data, size, base_model=None) -> str:
     """Where finetune.py saves and generate.py looks: saved-cot7b for --size (the 2023 repo's names), and
     saved-{data}-{base model's name} for --base_model (saved-cot-llama-13b), so that bases never share one."""
-    from .data import name_of
+    from .catalog import name_of
 
     if not base_model:
         return f"saved-{name_of(data)}{size}b"

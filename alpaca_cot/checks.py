@@ -1,13 +1,22 @@
-"""Range checks of flag values that a type alone cannot express, run before any data or model loads.
+"""Checks of flag values that a type alone cannot express, run before any data or model loads.
 
 finetune() calls `check_finetune_flags` first, and `decoding_kwargs` (generate.py's first step)
-checks DECODING_RULES; each failure is a one-line `UserError` naming the flag and value.
+checks DECODING_RULES. --quantization, --attn_implementation and --device_map are checked against what
+can run here (finetune, generate, the export). Each failure is a one-line `UserError` naming the flag and value.
 """
 
 import importlib.util
 
+import torch
+
 from .cli import UserError, as_list
-from .prompter import Prompter
+from .preprocess import Prompter
+
+QUANTIZATIONS = ("8bit", "4bit", "none")
+# transformers' attention implementations that honour padding-free packing (position ids restarting
+# at every record); flash_attention_2 needs the flash-attn package.
+ATTENTIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
+DEVICE_MAPS = ("cpu", "auto")
 
 
 def _number(v) -> bool:
@@ -77,3 +86,33 @@ def check_finetune_flags(**flags):
         raise UserError(f"--num_epochs must be > 0 unless --max_steps is, got {epochs!r}")
     check_report_to(flags["report_to"])
     Prompter(flags["prompt_template_name"])
+
+
+def check_quantization(quantization: str):
+    """Fail before any loading if the requested precision cannot run here."""
+    if quantization not in QUANTIZATIONS:
+        raise UserError(f"unknown --quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
+    if quantization == "none":
+        return
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # ImportError, or a broken native library
+        raise UserError(f"--quantization {quantization} needs a working bitsandbytes ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); install it or pass --quantization none") from None
+    if not torch.cuda.is_available():
+        print(f"warning: no CUDA device; {quantization} runs on bitsandbytes' CPU path, which is slow", flush=True)
+
+
+def check_attention(attn_implementation: str):
+    """Fail before any loading if the attention implementation cannot train here."""
+    if attn_implementation not in ATTENTIONS:
+        raise UserError(f"unknown --attn_implementation {attn_implementation!r}; choose one of {', '.join(ATTENTIONS)}")
+    if attn_implementation == "flex_attention" and not torch.cuda.is_available():
+        raise UserError("--attn_implementation flex_attention trains only on a GPU (PyTorch has no CPU backward for it)")
+    if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise UserError("--attn_implementation flash_attention_2 needs the flash-attn package (pip install flash-attn)")
+
+
+def check_device_map(device_map):
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise UserError(f"unknown --device_map {device_map!r}; choose {' or '.join(DEVICE_MAPS)} (or leave it out)")

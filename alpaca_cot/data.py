@@ -1,92 +1,28 @@
-"""The data registry and the loader that validates every record.
+"""Records: every record that --data names, read and checked, and the training mixture drawn from them.
 
-`--data` names resolve here and nowhere else: a name in the catalogue (data/catalog.json:
-`alpaca`, `belle`, `cot`, `demo` and the rest), names joined by `-` in any order
-(`alpaca-belle-cot`), a path to a `.json` list or `.jsonl` file, or several of these separated
-by commas. Any of them may end in `:N` (at most N records) or `:W` (a weight such as 0.5 or 2,
-times its records); alpaca_cot/mixture.py draws those.
+What a --data name means is catalog.py's. Here each file is read (JSON list or JSON Lines) and every
+record checked; a bad record stops the run with its file and place, or is skipped and counted.
+
+The mixture (`load_mixture`): load, decontaminate, deduplicate, then draw each source. `--data
+alpaca:2000,cot:0.5` takes at most 2000 Alpaca records and half of the CoT records; a weight above 1
+repeats a source (2: every record twice; 1.5: every record once and a drawn half again).
+`--max_records_per_source` caps every source after its own count or weight. Each source is drawn with
+its own generator seeded from --seed and the file name, so a mixture is the same on every run, and one
+source's draw does not change when another is added. Every step logs its counts per source.
 """
 
 import json
+import random
 from pathlib import Path
 
-from . import DATA_DIR
-from .catalog import registry
+from . import DATA_DIR, dedup
+from .catalog import check_readable, resolve_specs
 from .cli import UserError, as_list
 
-REGISTRY = registry()
+DEDUP = ("none", "exact", "near")
 
 # Placeholders some Alpaca versions use for "no input".
 NO_INPUT = {"noinput", "<noinput>", "no input"}
-
-
-def _is_path(item: str) -> bool:
-    return item.endswith((".json", ".jsonl")) or "/" in item or "\\" in item
-
-
-def split_spec(item: str) -> tuple[str, int | float | None]:
-    """`alpaca:2000` -> ("alpaca", 2000), `cot:0.5` -> ("cot", 0.5), `cot` -> ("cot", None)."""
-    head, colon, tail = item.rpartition(":")
-    if not colon or not head or "/" in tail or "\\" in tail:
-        return item, None
-    try:
-        spec = int(tail) if tail.strip().isdigit() else float(tail)
-    except ValueError:
-        raise UserError(f"--data {item!r}: after ':' comes a record count (2000) or a weight (0.5, 2)") from None
-    if spec <= 0 or spec != spec or spec == float("inf"):
-        raise UserError(f"--data {item!r}: the count or weight after ':' must be > 0")
-    return head, spec
-
-
-def resolve(data, data_dir: Path = DATA_DIR) -> list[Path]:
-    """Turn a --data value into the list of files it names, in order, without duplicates."""
-    return [path for path, _ in resolve_specs(data, data_dir)]
-
-
-def resolve_specs(data, data_dir: Path = DATA_DIR) -> list[tuple[Path, int | float | None]]:
-    """The files --data names, each with its count or weight (None: all records), in order, each once."""
-    items = as_list(data)
-    if not items:
-        raise UserError("--data is empty; name a dataset (" + ", ".join(REGISTRY) + ") or a .json/.jsonl file")
-    paths = []
-    for item in items:
-        if _is_path(item) or _is_path(item.rpartition(":")[0]):
-            item, spec = split_spec(item)
-            path = Path(item).expanduser()
-            check_readable(path, "data file")
-            paths.append((path, spec))
-            continue
-        for piece in item.split("-"):
-            name, spec = split_spec(piece)
-            if name not in REGISTRY:
-                raise UserError(f"unknown dataset {name!r} in --data {item!r}; known: {', '.join(REGISTRY)}, "
-                                "combinations like alpaca-belle-cot, or paths to .json/.jsonl files")
-            source = REGISTRY[name]
-            path = Path(data_dir) / source.file
-            if not path.is_file():
-                raise UserError(f"dataset {name!r} needs {path}, which is missing: {source.how_to_get}")
-            paths.append((path, spec))
-    unique = {}
-    for path, spec in paths:  # the same file named twice (demo,data/demo.json) is read once
-        unique.setdefault(path.resolve(), (path, spec))
-    return list(unique.values())
-
-
-def check_readable(path: Path, what: str):
-    """A one-line error for a path that is missing, a folder, or not a regular file (a FIFO, a device)."""
-    if not path.exists():
-        raise UserError(f"{what} {path} not found")
-    if path.is_dir():
-        raise UserError(f"{what} {path} is a folder, not a file")
-    if not path.is_file():
-        raise UserError(f"{what} {path} is not a regular file")
-
-
-def name_of(data) -> str:
-    """A short name for output folders: `alpaca-cot` stays, paths become their stem, and mixture
-    specs (`alpaca:2000`) drop their count or weight."""
-    names = [split_spec(i)[0] for i in as_list(data)]
-    return "-".join(Path(n).stem if _is_path(n) else n for n in names)
 
 
 def _loads(text: str, path: Path, place: str = ""):
@@ -202,9 +138,7 @@ def load_file(path: Path, skip_bad_records: bool = False, require_output: bool =
 
 def load(data, skip_bad_records: bool = False, data_dir: Path = DATA_DIR, log=print, seed: int = 42) -> dict[str, list]:
     """All records that --data names, counts and weights drawn with seed, as columns (see to_columns)."""
-    from .mixture import prepare
-
-    return prepare(data, seed=seed, skip_bad_records=skip_bad_records, data_dir=data_dir, log=log)[1]
+    return load_mixture(data, seed=seed, skip_bad_records=skip_bad_records, data_dir=data_dir, log=log)[1]
 
 
 def load_sources(paths: list[Path], skip_bad_records: bool = False, log=print) -> list[tuple[Path, list[dict]]]:
@@ -239,3 +173,62 @@ def to_columns(sources: list[tuple[Path, list[dict]]], label=None) -> dict[str, 
 def load_files(paths: list[Path], skip_bad_records: bool = False, log=print, label=None) -> dict[str, list]:
     """The records of already resolved files, as columns (see to_columns)."""
     return to_columns(load_sources(paths, skip_bad_records, log), label)
+
+
+def draw(records: list, spec, cap: int | None, rng: random.Random) -> list:
+    """The records a count (int) or weight (float) asks for, capped at cap, in file order."""
+    n = len(records) if spec is None else min(spec, len(records)) if isinstance(spec, int) else round(spec * len(records))
+    if cap is not None:
+        n = min(n, cap)
+    if not records or n == len(records):
+        return list(records)
+    whole, rest = divmod(n, len(records))
+    return list(records) * whole + [records[i] for i in sorted(rng.sample(range(len(records)), rest))]
+
+
+def eval_keys(files) -> list[str]:
+    """The normalised prompts of every row of the evaluation files (instruction or question, and input)."""
+    keys = []
+    for file in as_list(files or ()):
+        path = Path(file).expanduser()
+        check_readable(path, "--decontaminate file")
+        for place, raw in parse(path):
+            text = raw.get("instruction") or raw.get("question") if isinstance(raw, dict) else None
+            if not isinstance(text, str):
+                raise UserError(f"{path}: {place}: field 'instruction' (or 'question') is missing or not a string")
+            keys.append(dedup.prompt_key({"instruction": text, "input": str(raw.get("input") or "")}))
+    return keys
+
+
+def _log_counts(log, what: str, removed: dict):
+    if any(removed.values()):
+        log(f"{what}: " + ", ".join(f"{path.stem} {n}" for path, n in removed.items()) + f" (total {sum(removed.values())})")
+
+
+def load_mixture(spec, *, seed: int = 42, skip_bad_records: bool = False, max_records_per_source: int | None = None,
+                 dedup_mode: str = "none", decontaminate=None, data_dir: Path = DATA_DIR, log=print):
+    """(files, columns) of the mixture --data names; see the module docstring for the order of steps."""
+    if dedup_mode not in DEDUP:
+        raise UserError(f"--dedup must be one of {', '.join(DEDUP)}, got {dedup_mode!r}")
+    if max_records_per_source is not None and (not isinstance(max_records_per_source, int)
+                                               or isinstance(max_records_per_source, bool) or max_records_per_source < 1):
+        raise UserError(f"--max_records_per_source must be a positive integer, got {max_records_per_source!r}")
+    specs = resolve_specs(spec, data_dir)
+    keys = eval_keys(decontaminate)
+    sources = load_sources([path for path, _ in specs], skip_bad_records, log)
+    near = dedup_mode == "near"
+    if keys:
+        sources, removed = dedup.decontaminate(sources, keys, near)
+        log(f"decontamination against {len(keys)} evaluation rows removed {sum(removed.values())} training records")
+        _log_counts(log, "  per source", removed)
+    if dedup_mode != "none":
+        sources, removed = dedup.deduplicate(sources, near)
+        log(f"{dedup_mode} dedup removed {sum(removed.values())} records")
+        _log_counts(log, "  per source", removed)
+    drawn = []
+    for (path, records), (_, count) in zip(sources, specs):
+        picked = draw(records, count, max_records_per_source, random.Random(f"{seed}:{path.name}"))
+        if len(picked) != len(records):
+            log(f"{path.stem}: drew {len(picked)} of {len(records)} records (seed {seed})")
+        drawn.append((path, picked))
+    return [path for path, _ in specs], to_columns(drawn, label=spec)

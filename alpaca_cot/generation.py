@@ -11,10 +11,9 @@ import torch
 
 from . import models
 from .adapters import check_adapter_source, load_adapter, tokenizer_source
-from .checks import DECODING_RULES, require
+from .checks import DECODING_RULES, check_device_map, check_quantization, require
 from .cli import UserError
-from .preprocess import encode_prompt
-from .prompter import Prompter
+from .preprocess import Prompter, encode_prompt
 
 # Appended by --cot: the zero-shot chain-of-thought trigger.
 COT_TRIGGER = "Let's think step by step."
@@ -55,7 +54,7 @@ class Generator:
     def __init__(self, base_model: str, lora_weights: str | None, quantization: str = "none",
                  prompt_template_name: str = "alpaca", merge: bool | None = None, compile: bool = False,
                  device_map: str | None = None):
-        models.check_quantization(quantization)
+        check_quantization(quantization)
         merge = quantization == "none" if merge is None else merge
         if merge and quantization != "none" and lora_weights is not None:
             raise UserError("--merge needs --quantization none: folding an adapter into 8/4-bit weights loses precision")
@@ -65,7 +64,7 @@ class Generator:
             check_adapter_source(lora_weights)
         self.tokenizer = models.load_tokenizer(tokenizer_source(lora_weights, base_model))
         self.tokenizer.padding_side = "left"
-        models.check_device_map(device_map)
+        check_device_map(device_map)
         model = models.load_model(base_model, quantization, device_map=device_map)
         if lora_weights is not None:
             model = load_adapter(model, lora_weights, base_model)

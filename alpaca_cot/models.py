@@ -1,25 +1,20 @@
-"""Model-loading rules, in one place: which checkpoint, which precision, which device.
+"""The model: which checkpoint, which precision, which device, and for training the base wrapped with a fresh
+LoRA adapter (which modules it adapts, checked from the config before anything loads).
 
 finetune.py, generate.py, the export script and the benchmark all load through here.
 """
 
-import importlib.util
 import logging
 import os
-import re
 from pathlib import Path
 
 import torch
 
-from . import gguf
+from . import gguf, hub, kernels, sharding
 from .cli import UserError
 
 # --size -> default checkpoint (the 2023 repo's decapoda-research ids are gone from the hub).
 SIZES = {7: "huggyllama/llama-7b", 13: "huggyllama/llama-13b", 30: "huggyllama/llama-30b", 65: "huggyllama/llama-65b"}
-QUANTIZATIONS = ("8bit", "4bit", "none")
-# transformers' attention implementations that honour padding-free packing (position ids restarting
-# at every record); flash_attention_2 needs the flash-attn package.
-ATTENTIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 
 
 def base_model_name(size=7, base_model=None) -> str:
@@ -33,50 +28,17 @@ def base_model_name(size=7, base_model=None) -> str:
             return gguf.checkpoint(name)
         if Path(name).expanduser().exists():  # absolute, so that a saved adapter names a base that loads anywhere
             return str(Path(name).expanduser().resolve())
-        if not is_hub_id(name):
+        if not hub.is_hub_id(name):
             raise UserError(f"base model {name} not found (not a local folder, a hub id like org/name or gpt2, "
                             f"a .gguf file, nor a preset: {', '.join(gguf.PRESETS)})")
-        check_hub_reachable(name)
+        hub.check_hub_reachable(name)
         return name
     try:
         name = SIZES[int(size)]
     except (KeyError, ValueError, TypeError):
         raise UserError(f"unknown --size {size!r}; choose one of {', '.join(map(str, SIZES))} or pass --base_model") from None
-    check_hub_reachable(name)
+    hub.check_hub_reachable(name)
     return name
-
-
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-
-
-def is_hub_id(name: str) -> bool:
-    """org/name or a bare name (gpt2) that is not on this machine; org/name whose org is a local folder is
-    a missing local path instead."""
-    name = str(name)
-    if Path(name).expanduser().exists() or not HUB_ID.fullmatch(name) or name.endswith((".json", ".gguf")):
-        return False
-    return "/" not in name or not Path(name.split("/")[0]).is_dir()
-
-
-def hub_offline() -> bool:
-    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def check_hub_reachable(name: str, timeout: float = 5.0):
-    """One line instead of the hub client's minute of retries when the hub cannot be reached (proxies honoured)."""
-    if hub_offline():
-        return
-    import urllib.error
-    import urllib.request
-
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    try:
-        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/models/{name}", method="HEAD"), timeout=timeout)
-    except urllib.error.HTTPError:
-        return  # the hub answered (a private or missing repo is reported when loading)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot reach the hub ({endpoint}) for {name}: {getattr(e, 'reason', e)}; if it is "
-                        "already downloaded, set HF_HUB_OFFLINE=1 to use the cached copy") from None
 
 
 def local_rank() -> int:
@@ -99,31 +61,6 @@ def compute_dtype(quantization: str = "none") -> torch.dtype:
     if quantization == "8bit" or not torch.cuda.is_bf16_supported():
         return torch.float16
     return torch.bfloat16
-
-
-def check_quantization(quantization: str):
-    """Fail before any loading if the requested precision cannot run here."""
-    if quantization not in QUANTIZATIONS:
-        raise UserError(f"unknown --quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
-    if quantization == "none":
-        return
-    try:
-        import bitsandbytes  # noqa: F401
-    except Exception as e:  # ImportError, or a broken native library
-        raise UserError(f"--quantization {quantization} needs a working bitsandbytes ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}); install it or pass --quantization none") from None
-    if not torch.cuda.is_available():
-        print(f"warning: no CUDA device; {quantization} runs on bitsandbytes' CPU path, which is slow", flush=True)
-
-
-def check_attention(attn_implementation: str):
-    """Fail before any loading if the attention implementation cannot train here."""
-    if attn_implementation not in ATTENTIONS:
-        raise UserError(f"unknown --attn_implementation {attn_implementation!r}; choose one of {', '.join(ATTENTIONS)}")
-    if attn_implementation == "flex_attention" and not torch.cuda.is_available():
-        raise UserError("--attn_implementation flex_attention trains only on a GPU (PyTorch has no CPU backward for it)")
-    if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        raise UserError("--attn_implementation flash_attention_2 needs the flash-attn package (pip install flash-attn)")
 
 
 def quantization_config(quantization: str, sharded: bool = False):
@@ -161,26 +98,8 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-DEVICE_MAPS = ("cpu", "auto")
-
-
-def check_device_map(device_map):
-    if device_map is not None and device_map not in DEVICE_MAPS:
-        raise UserError(f"unknown --device_map {device_map!r}; choose {' or '.join(DEVICE_MAPS)} (or leave it out)")
-
-
 def _quiet_int8_casts(record) -> bool:
     return "inputs will be cast" not in record.getMessage()
-
-
-def _quiet_missing_backends(record) -> bool:
-    return "could not be imported" not in record.getMessage()
-
-
-def quiet_liger_backends():
-    """liger-kernel warns, at a kernel's first use, for each optional backend of other hardware (CuTe DSL,
-    Ascend) that it cannot import: lines in every run that say nothing about this one."""
-    logging.getLogger("liger_kernel.backends.registry").addFilter(_quiet_missing_backends)
 
 
 def load_model(name: str, quantization: str = "none", dtype: torch.dtype | None = None,
@@ -212,30 +131,92 @@ def load_model(name: str, quantization: str = "none", dtype: torch.dtype | None 
     return model
 
 
-def use_fused_kernels(requested=None) -> bool:
-    """Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) for LLaMA on a GPU:
-    by default on where liger-kernel is installed (faster and smaller at every precision, measured in
-    one run: benchmarks/README.md); an error if asked for where they cannot run."""
+def target_modules(name: str, requested=None) -> list[str] | str:
+    """The modules LoRA adapts: those requested (each must exist in the model; `all-linear` is peft's every
+    linear layer but the head), or peft's defaults for the model's architecture. Read from the config alone,
+    on the meta device, before anything is loaded."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if requested == "all-linear" or requested == ["all-linear"]:
+        return "all-linear"
     try:
-        import liger_kernel  # noqa: F401
-        installed = True
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError):
+        return requested  # loading the model reports it
+    if not requested:
+        if config.model_type not in DEFAULTS:
+            raise UserError(f"peft has no default LoRA modules for model type {config.model_type}; pass "
+                            "--lora_target_modules (module names, or all-linear)")
+        return list(DEFAULTS[config.model_type])
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    present = {module.split(".")[-1] for module, _ in model.named_modules()}
+    missing = [m for m in requested if m not in present]
+    if missing:
+        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if "Linear" in type(m).__name__ or
+                         "Conv1D" in type(m).__name__})
+        raise UserError(f"--lora_target_modules {','.join(missing)}: no such module in {name} "
+                        f"({config.model_type}); its linear modules: {', '.join(linear)}")
+    return list(requested)
+
+
+def align_special_tokens(model, tokenizer):
+    """Give the model config the tokenizer's PAD/BOS/EOS ids, as the Trainer would, without its warning."""
+    try:
+        from transformers.trainer_utils import align_special_tokens as align
     except ImportError:
-        installed = False
-    if requested is None:
-        return installed and torch.cuda.is_available()
-    if requested and not (installed and torch.cuda.is_available()):
-        raise UserError("--fused_kernels needs a CUDA GPU and liger-kernel (pip install liger-kernel)")
-    return bool(requested)
+        return
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        align(model, tokenizer)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
-def apply_fused_kernels(model):
-    """Patch a loaded LLaMA in place (before the LoRA wrapper); other architectures are left alone."""
-    if getattr(model.config, "model_type", None) != "llama":
-        return model
-    quiet_liger_backends()
-    from liger_kernel.transformers import apply_liger_kernel_to_llama
+def enable_checkpointing(model):
+    """Gradient checkpointing under the name this transformers has (the old one warns in 5.2x)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
 
-    apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                fused_linear_cross_entropy=True, model=model)
+
+def lora_model(name, quantization, tokenizer, gradient_checkpointing, lora_r, lora_alpha, lora_dropout,
+               target_modules, fused_kernels=False, attn_implementation="sdpa", upcast_norms=False,
+               device_map=None, sharded=False):
+    """The base model, quantized or not, wrapped with a fresh LoRA adapter. sharded (FSDP): placement is left
+    to FSDP (sharding.fsdp_args)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if sharded:
+        sharding.before_loading(quantization)
+    model = load_model(name, quantization, attn_implementation=attn_implementation, device_map=device_map,
+                       sharded=sharded)
+    if fused_kernels:
+        kernels.apply_fused_kernels(model)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        raise UserError(f"the tokenizer of {name} has {len(tokenizer)} tokens, more than the model's embeddings")
+    align_special_tokens(model, tokenizer)
+    # peft's prepare_model_for_kbit_training only with upcast_norms (the 2023 recipe): it upcasts norms,
+    # embeddings and the LM head to fp32, so every activation after a norm becomes fp32 (int8 matmuls
+    # then cast it back, and SDPA leaves its fast kernels), for much more memory at the same speed
+    # (benchmarks/README.md). get_peft_model freezes the base either way.
+    if upcast_norms and quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gradient_checkpointing:
+        enable_checkpointing(model)
+    model.config.use_cache = False  # training needs no KV cache; packing needs its absence too
+    lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
+                      bias="none", task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as e:
+        raise UserError(f"--lora_target_modules {target_modules}: {str(e).splitlines()[0]}") from None
+    if is_main_process():
+        model.print_trainable_parameters()
     return model
-

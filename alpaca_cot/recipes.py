@@ -12,7 +12,7 @@ from .cli import UserError
 
 # The flags whose unset value (None) a recipe decides. finetune's micro_batch_size and
 # gradient_checkpointing stay None in `default` (computed below, once the precision is known), and
-# fused_kernels too (models.use_fused_kernels).
+# fused_kernels too (kernels.use_fused_kernels).
 RECIPES = {
     "default": {
         "finetune": dict(train_on_inputs=False, group_by_length=True, pad_to_cutoff=False, upcast_norms=False),

@@ -54,7 +54,7 @@ def fsdp_args(name: str, quantization: str) -> dict:
     """TrainingArguments fsdp and fsdp_config: full sharding by decoder layer, sharded checkpoints. For bf16
     only rank 0 reads the weights (cpu_ram_efficient_loading); accelerate skips that path for 4-bit, whose
     weights each rank quantizes on its own GPU before they are sharded. Gradient checkpointing stays the
-    model's own (trainer.py), not FSDP's activation checkpointing: that wraps each layer in a CheckpointWrapper,
+    model's own (models.py), not FSDP's activation checkpointing: that wraps each layer in a CheckpointWrapper,
     whose module names peft 0.21 does not see through, so its adapter state dict (the final save and the
     Trainer's sharded checkpoints alike) comes out empty."""
     config = {"version": 2, "transformer_layer_cls_to_wrap": layer_classes(name),

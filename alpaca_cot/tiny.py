@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from . import DATA_DIR
-from .prompter import Prompter
+from .preprocess import Prompter
 
 TOKENIZER_CONFIG = {
     "tokenizer_class": "LlamaTokenizer",

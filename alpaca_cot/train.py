@@ -1,9 +1,9 @@
 """LoRA fine-tuning under the Hugging Face Trainer: the body of finetune.py.
 
-finetune() reads as its steps: resolve (every flag checked, defaults decided) -> prepare (data
-read, checked and tokenised once with the prompt masked out of the loss; the output folder
-planned) -> build_trainer (trainer.py: the LoRA model, the collator, the Trainer) -> train ->
-save (the adapter as a unit, train_summary.json). Nothing loads a model before prepare is done.
+finetune() reads as its steps: resolve (every flag checked, defaults decided) -> prepare (data.py: the
+records read, checked and drawn; preprocess.py: tokenised once with the prompt masked out of the loss; the
+output folder planned) -> build (models.py: the LoRA model; trainer.py: the collator, the Trainer) -> train
+-> save (adapters.py: the adapter as a unit; train_summary.json). Nothing loads a model before prepare is done.
 Runs as one process or under torchrun / torch.distributed.launch (one process per GPU).
 """
 
@@ -14,13 +14,13 @@ from types import SimpleNamespace
 
 import torch
 
-from . import checkpoints, models, recipes, sharding
-from .checks import check_finetune_flags
+from . import adapters, checkpoints, models, recipes, sharding
+from .checks import check_attention, check_finetune_flags, check_quantization
 from .cli import UserError, as_list
-from .mixture import prepare as prepare_data
-from .preprocess import prompt_overhead, tokenise
-from .prompter import Prompter
-from .trainer import build_trainer, target_modules
+from .data import load_mixture
+from .kernels import use_fused_kernels
+from .preprocess import Prompter, prompt_overhead, tokenise
+from .trainer import build_trainer, training_args
 
 
 def log(*args):
@@ -141,7 +141,7 @@ def finetune(
     started = time.time()
     run = prepare(resolve(flags))  # every flag, the data and the output folder checked before a model loads
     start_distributed()
-    trainer, speed = build_trainer(run)
+    trainer, speed = build(run)
     trainer.balance_ranks = run.flags.balance_ranks
     main_process_then_others(lambda: checkpoints.claim(run.output_dir, run.record, run.plan))
     if run.plan.note:
@@ -149,7 +149,7 @@ def finetune(
     result = trainer.train(resume_from_checkpoint=str(run.plan.resume) if run.plan.resume else None)
     adapter = sharding.adapter_state_dict(trainer)  # every rank takes part in gathering a sharded adapter
     if trainer.is_world_process_zero():
-        checkpoints.save_adapter(trainer.model, run.tokenizer, run.output_dir, state_dict=adapter)
+        adapters.save_adapter(trainer.model, run.tokenizer, run.output_dir, state_dict=adapter)
         checkpoints.write_summary(run.output_dir, result.metrics, trainer.state.log_history, speed.metrics(), log=log,
                                   seconds=round(time.time() - started, 1), output_dir=str(run.output_dir),
                                   quantization=run.flags.quantization)
@@ -164,9 +164,9 @@ def resolve(flags: dict) -> SimpleNamespace:
     f.name = models.base_model_name(f.size, f.base_model)
     f.world = models.world_size()
     sharding.check_flags(f.fsdp, f.device_map, f.quantization, f.world, f.fused_kernels)  # before any warning
-    models.check_quantization(f.quantization)
-    models.check_attention(f.attn_implementation)
-    f.fused_kernels = models.use_fused_kernels(False if f.fsdp else f.fused_kernels)
+    check_quantization(f.quantization)
+    check_attention(f.attn_implementation)
+    f.fused_kernels = use_fused_kernels(False if f.fsdp else f.fused_kernels)
     if f.micro_batch_size is None:
         f.micro_batch_size = recipes.default_micro_batch_size(f.quantization, f.fused_kernels)
     if f.gradient_checkpointing is None:
@@ -192,7 +192,7 @@ def resolve(flags: dict) -> SimpleNamespace:
 def prepare(f: SimpleNamespace) -> SimpleNamespace:
     """The data read, checked and tokenised; the run recorded and its output folder planned."""
     prompter = Prompter(f.prompt_template_name)
-    files, columns = prepare_data(f.data, seed=f.seed, skip_bad_records=f.skip_bad_records, log=log,
+    files, columns = load_mixture(f.data, seed=f.seed, skip_bad_records=f.skip_bad_records, log=log,
                                   dedup_mode=f.dedup, max_records_per_source=f.max_records_per_source,
                                   decontaminate=f.decontaminate)
     tokenizer = models.load_tokenizer(f.name)
@@ -203,7 +203,7 @@ def prepare(f: SimpleNamespace) -> SimpleNamespace:
     n_records = len(columns["output"])
     if f.val_set_size >= n_records:
         raise UserError(f"--val_set_size {f.val_set_size} leaves no training data ({n_records} records); lower it")
-    f.target_modules = target_modules(f.name, as_list(f.lora_target_modules) if f.lora_target_modules else None)
+    f.target_modules = models.target_modules(f.name, as_list(f.lora_target_modules) if f.lora_target_modules else None)
     config = checkpoints.run_config(f, files, n_records)
     log("alpaca-cot finetune\n" + json.dumps(config, indent=2, ensure_ascii=False))
     record = checkpoints.run_record(config, files)
@@ -223,6 +223,19 @@ def start_distributed():
     if models.world_size() > 1 and torch.cuda.is_available() and not torch.distributed.is_initialized():
         torch.cuda.set_device(models.local_rank())
         torch.distributed.init_process_group("nccl", device_id=torch.device("cuda", models.local_rank()))
+
+
+def build(run: SimpleNamespace):
+    """The LoRA model (models.py) and the Trainer over it (trainer.py)."""
+    from transformers import set_seed
+
+    f = run.flags
+    args = training_args(f, evaluate=run.val_data is not None)  # first: FSDP's loading rules come with it
+    set_seed(f.seed)  # before the adapter's random initialisation, so that --seed reproduces a run
+    model = models.lora_model(f.name, f.quantization, run.tokenizer, f.gradient_checkpointing, f.lora_r, f.lora_alpha,
+                              f.lora_dropout, f.target_modules, f.fused_kernels, f.attn_implementation, f.upcast_norms,
+                              device_map=f.device_map, sharded=f.fsdp)
+    return build_trainer(run, model, args)
 
 
 def main_process_then_others(fn):

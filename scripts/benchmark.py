@@ -66,7 +66,7 @@ def finetune_command(recipe: str, model: Path, data: Path, run_dir: Path, max_st
 
     batch_size: records per optimizer step over all GPUs; one micro-batch by default.
     """
-    from alpaca_cot import models
+    from alpaca_cot import kernels
     from alpaca_cot.recipes import default_micro_batch_size
 
     quantization, *options = recipe.split(":")  # e.g. 4bit:8:nockpt = micro-batch 8, no checkpointing
@@ -75,7 +75,7 @@ def finetune_command(recipe: str, model: Path, data: Path, run_dir: Path, max_st
             "--output_dir", str(run_dir), "--overwrite", "--report_to", "none", "--save_steps", "100000",
             "--logging_steps", "20"]
     chosen = "fused" in options or "unfused" in options
-    fused = "fused" in options if chosen else models.use_fused_kernels(None)
+    fused = "fused" in options if chosen else kernels.use_fused_kernels(None)
     micro = next((int(o) for o in options if o.isdigit()), default_micro_batch_size(quantization, fused))
     args += ["--micro_batch_size", str(micro), "--batch_size", str(batch_size or micro)]
     if "ckpt" in options or "nockpt" in options:
@@ -117,8 +117,7 @@ def legacy_2023(model: str, data: str, steps: int = 12, out: str = "legacy.json"
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, DataCollatorForLanguageModeling, Trainer
 
     from alpaca_cot import data as registry, models
-    from alpaca_cot.preprocess import encode_batch
-    from alpaca_cot.prompter import Prompter
+    from alpaca_cot.preprocess import Prompter, encode_batch
     from alpaca_cot.throughput import CountingCollator, throughput_callback
     from alpaca_cot.trainer import _training_args
 
@@ -227,8 +226,7 @@ def data_path(data: str, model: str, records: int = 600_000, legacy_records: int
     from datasets import Dataset
 
     from alpaca_cot import data as registry, models
-    from alpaca_cot.preprocess import encode_batch
-    from alpaca_cot.prompter import Prompter
+    from alpaca_cot.preprocess import Prompter, encode_batch
 
     tokenizer, prompter = models.load_tokenizer(model), Prompter("alpaca")
     columns = registry.load(data, skip_bad_records=True)

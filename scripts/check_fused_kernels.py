@@ -13,10 +13,9 @@ import tempfile
 
 import torch
 
-from alpaca_cot import data, models, tiny
+from alpaca_cot import data, kernels, models, tiny
 from alpaca_cot.cli import UserError, run
-from alpaca_cot.preprocess import encode_batch
-from alpaca_cot.prompter import Prompter
+from alpaca_cot.preprocess import Prompter, encode_batch
 from alpaca_cot.throughput import CountingCollator
 
 
@@ -28,7 +27,7 @@ def loss_and_grads(model_dir, batch, fused: bool, num_items=None):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     if fused:
         if device == "cuda":
-            models.apply_fused_kernels(model)
+            kernels.apply_fused_kernels(model)
         else:  # the Triton interpreter runs the fused cross-entropy, not the element-wise kernels
             from liger_kernel.transformers import apply_liger_kernel_to_llama
             apply_liger_kernel_to_llama(rope=False, rms_norm=False, swiglu=False, cross_entropy=False,

@@ -70,7 +70,7 @@ def main(base_model=None, out=None, prompt_template_name="alpaca"):
     tokenizer = prompter = None
     if base_model is not None:
         from alpaca_cot import models
-        from alpaca_cot.prompter import Prompter
+        from alpaca_cot.preprocess import Prompter
 
         prompter = Prompter(prompt_template_name)
         tokenizer = models.load_tokenizer(base_model)

@@ -17,7 +17,7 @@ from alpaca_cot import data as data_registry
 from alpaca_cot import models
 from alpaca_cot.cli import UserError, run
 from alpaca_cot.io import write_json_atomic
-from alpaca_cot.prompter import Prompter
+from alpaca_cot.preprocess import Prompter
 from alpaca_cot.stats import length_stats
 
 HEADER = (f"{'source':24s} {'records':>8s} {'no_input%':>9s} {'len_p50':>7s} {'len_p90':>7s} {'len_p99':>7s} "

@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from alpaca_cot import merge, models
-from alpaca_cot.checkpoints import check_adapter, inside
+from alpaca_cot.adapters import check_adapter, load_adapter, tokenizer_source
+from alpaca_cot.checkpoints import inside
+from alpaca_cot.checks import check_device_map
 from alpaca_cot.cli import UserError, run
-from alpaca_cot.generation import load_adapter, tokenizer_source
 
 MARKER = ".alpaca-cot-export.json"
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -124,7 +125,7 @@ def check_flags(quantization, device, dtype, method, lora_weights, out):
     if quantization != "none":
         raise UserError(f"--quantization {quantization}: the export merges the adapter into full-precision "
                         "weights, so the base is never quantized; drop the flag (use --dtype to pick a precision)")
-    models.check_device_map(device)
+    check_device_map(device)
     if str(dtype) not in DTYPES:
         raise UserError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if method not in METHODS:

@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from alpaca_cot import DATA_DIR, data, models, report, study
+from alpaca_cot import DATA_DIR, catalog, models, report, study
 from alpaca_cot.cli import UserError, as_list, run
 from alpaca_cot.io import write_json_atomic
 
@@ -80,8 +80,8 @@ def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str =
     unknown = [m for m in mixes if any(s not in study.SOURCES for s in m.split("-"))]
     if unknown or not mixes:
         raise UserError(f"--mixes: unknown mix {unknown or mixes}; mixes join {', '.join(study.SOURCES)} with '-'")
-    sources = {"alpaca": alpaca or str(DATA_DIR / data.REGISTRY["alpaca"].file),
-               "belle": belle or str(DATA_DIR / data.REGISTRY["belle"].file),
+    sources = {"alpaca": alpaca or str(DATA_DIR / catalog.REGISTRY["alpaca"].file),
+               "belle": belle or str(DATA_DIR / catalog.REGISTRY["belle"].file),
                "cot_src": cot_src or str(DATA_DIR / "flan_cot"), "belle_eval": belle_eval}
     for name, path in sources.items():
         if path and not Path(path).exists():

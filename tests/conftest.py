@@ -37,8 +37,7 @@ def small_run(base, data, out, **overrides):
 def mean_loss(model, tokenizer, records):
     import torch
 
-    from alpaca_cot.preprocess import encode_batch
-    from alpaca_cot.prompter import Prompter
+    from alpaca_cot.preprocess import Prompter, encode_batch
 
     batch = {k: [r[k] for r in records] for k in ("instruction", "input", "output")}
     enc = encode_batch(batch, tokenizer, Prompter("alpaca"), cutoff_len=256)

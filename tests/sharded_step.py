@@ -1,5 +1,5 @@
 """One LoRA optimizer step on a tiny LLaMA, sharded with FSDP2 (fully_shard over gloo) or not, then the
-adapter saved through sharding.adapter_state_dict and checkpoints.save_adapter; for tests/test_fsdp.py.
+adapter saved through sharding.adapter_state_dict and adapters.save_adapter; for tests/test_fsdp.py.
 
     torchrun --nproc_per_node 2 tests/sharded_step.py BASE OUT [--4bit]     # sharded by decoder layer
     python tests/sharded_step.py BASE OUT --single [--4bit]                 # the same step in one process
@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alpaca_cot import checkpoints, models, sharding  # noqa: E402
-from alpaca_cot.trainer import lora_model  # noqa: E402
+from alpaca_cot import adapters, models, sharding  # noqa: E402
+from alpaca_cot.models import lora_model  # noqa: E402
 
 
 def build(base: str, quantization: str, tokenizer, shard: bool):
@@ -87,7 +87,7 @@ def main(base: str, out: str, single: bool, quantization: str):
     optimizer.step()
     state = gathered(model, rank == 0, not single)
     if rank == 0:
-        checkpoints.save_adapter(model, tokenizer, Path(out), state_dict=state)
+        adapters.save_adapter(model, tokenizer, Path(out), state_dict=state)
     if not single:
         result = resume_check(base, quantization, tokenizer, model, Path(out), rank)
         if rank == 0:

@@ -138,17 +138,17 @@ def test_download_converts_through_datasets(name, tmp_path, local_hub, download_
 
 
 def test_every_name_works_in_data(tmp_path):
-    for name, source in data.REGISTRY.items():
+    for name, source in catalog.REGISTRY.items():
         (tmp_path / source.file).write_text(json.dumps([ALPACA_ROW]), encoding="utf-8")
-    names = list(data.REGISTRY)
-    assert data.resolve("-".join(names), data_dir=tmp_path) == [tmp_path / data.REGISTRY[n].file for n in names]
+    names = list(catalog.REGISTRY)
+    assert catalog.resolve("-".join(names), data_dir=tmp_path) == [tmp_path / catalog.REGISTRY[n].file for n in names]
     assert len(data.load(",".join(names), data_dir=tmp_path, log=lambda m: None)["output"]) == len(names)
 
 
 @pytest.mark.parametrize("name", [n for n in HUB if n not in ("alpaca", "belle")])
 def test_missing_file_names_it_and_the_command(tmp_path, name):
     with pytest.raises(UserError) as e:
-        data.resolve(f"{data.DATA_DIR / 'demo.json'},{name}", data_dir=tmp_path / "empty")
+        catalog.resolve(f"{catalog.DATA_DIR / 'demo.json'},{name}", data_dir=tmp_path / "empty")
     assert str(tmp_path / "empty" / ENTRIES[name]["file"]) in str(e.value)
     assert f"python scripts/download_data.py {name}" in str(e.value)
 
@@ -160,7 +160,7 @@ def test_several_names_at_once(tmp_path, local_hub, download_module, monkeypatch
         serve(ENTRIES[name]["source"]["hub"], FIXTURES[name][0])
     download_module.main("dolly,firefly")
     assert [c[0] for c in calls] == ["databricks/databricks-dolly-15k", "YeungNLP/firefly-train-1.1M"]
-    assert data.resolve("dolly-firefly", data_dir=tmp_path) == [tmp_path / "dolly_data.json", tmp_path / "firefly_data.json"]
+    assert catalog.resolve("dolly-firefly", data_dir=tmp_path) == [tmp_path / "dolly_data.json", tmp_path / "firefly_data.json"]
     with pytest.raises(UserError, match="--out names one file"):
         download_module.main(("dolly", "firefly"), out=str(tmp_path / "x.json"))
 

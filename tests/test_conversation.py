@@ -6,8 +6,8 @@ import json
 import pytest
 
 from alpaca_cot import data
-from alpaca_cot.preprocess import IGNORE, encode_batch, encode_conversation, encode_records, prompt_ids, turn_prompts
-from alpaca_cot.prompter import Prompter
+from alpaca_cot.preprocess import (IGNORE, Prompter, encode_batch, encode_conversation, encode_records, prompt_ids,
+                                   turn_prompts)
 
 HISTORY = [["What is 2+2?", "It is 4."], ["And times 3?", "That makes 12."]]
 RECORD = {"instruction": "Now halve it.", "input": "", "output": "Half of 12 is 6.", "history": HISTORY}

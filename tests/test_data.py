@@ -7,10 +7,9 @@ import re
 
 import pytest
 
-from alpaca_cot import DATA_DIR, ROOT, data
+from alpaca_cot import DATA_DIR, ROOT, catalog, data
 from alpaca_cot.cli import UserError
-from alpaca_cot.preprocess import encode_batch, encode_prompt
-from alpaca_cot.prompter import Prompter
+from alpaca_cot.preprocess import Prompter, encode_batch, encode_prompt
 from alpaca_cot.stats import length_stats
 from conftest import one_error_line, run_python
 
@@ -38,41 +37,41 @@ def error_of(path, **kwargs) -> str:
 
 @pytest.fixture
 def data_dir(tmp_path):
-    for source in data.REGISTRY.values():
+    for source in catalog.REGISTRY.values():
         write(tmp_path / source.file, [GOOD])
     return tmp_path
 
 
 def registered(data_dir, *names):
-    return [data_dir / data.REGISTRY[n].file for n in names]
+    return [data_dir / catalog.REGISTRY[n].file for n in names]
 
 
 def test_combination_resolves_in_order(data_dir):
-    assert data.resolve("alpaca-belle-cot", data_dir=data_dir) == registered(data_dir, "alpaca", "belle", "cot")
-    assert data.resolve("cot-alpaca", data_dir=data_dir) == registered(data_dir, "cot", "alpaca")
-    assert data.resolve("belle", data_dir=data_dir) == registered(data_dir, "belle")
+    assert catalog.resolve("alpaca-belle-cot", data_dir=data_dir) == registered(data_dir, "alpaca", "belle", "cot")
+    assert catalog.resolve("cot-alpaca", data_dir=data_dir) == registered(data_dir, "cot", "alpaca")
+    assert catalog.resolve("belle", data_dir=data_dir) == registered(data_dir, "belle")
 
 
 def test_duplicates_collapse(data_dir):
-    assert data.resolve("cot-alpaca-cot,alpaca,cot", data_dir=data_dir) == registered(data_dir, "cot", "alpaca")
+    assert catalog.resolve("cot-alpaca-cot,alpaca,cot", data_dir=data_dir) == registered(data_dir, "cot", "alpaca")
     path = str(data_dir / "alpaca_data_cleaned.json")
-    assert data.resolve(f"{path},{path}", data_dir=data_dir) == registered(data_dir, "alpaca")
+    assert catalog.resolve(f"{path},{path}", data_dir=data_dir) == registered(data_dir, "alpaca")
 
 
 def test_paths_and_comma_lists(tmp_path, data_dir):
     a = write(tmp_path / "a.json", [GOOD])
     b = write(tmp_path / "b.jsonl", [GOOD])
     expected = [a, *registered(data_dir, "belle", "cot"), b]
-    assert data.resolve(f"{a}, belle-cot ,{b}", data_dir=data_dir) == expected
+    assert catalog.resolve(f"{a}, belle-cot ,{b}", data_dir=data_dir) == expected
     # fire turns `--data a,b` into a tuple
-    assert data.resolve((str(a), "belle-cot", str(b)), data_dir=data_dir) == expected
+    assert catalog.resolve((str(a), "belle-cot", str(b)), data_dir=data_dir) == expected
 
 
 def test_unknown_name_lists_known_ones(data_dir):
     with pytest.raises(UserError) as e:
-        data.resolve("alpaca-bogus", data_dir=data_dir)
+        catalog.resolve("alpaca-bogus", data_dir=data_dir)
     assert "'bogus'" in str(e.value)
-    for name in data.REGISTRY:
+    for name in catalog.REGISTRY:
         assert name in str(e.value)
 
 
@@ -84,11 +83,11 @@ def test_unknown_name_lists_known_ones(data_dir):
     ("belle", "BelleGroup/train_0.5M_CN"),
 ])
 def test_missing_registry_file_says_how_to_get_it(data_dir, name, needle):
-    (data_dir / data.REGISTRY[name].file).unlink()
+    (data_dir / catalog.REGISTRY[name].file).unlink()
     with pytest.raises(UserError) as e:
-        data.resolve("alpaca-belle-cot", data_dir=data_dir)
+        catalog.resolve("alpaca-belle-cot", data_dir=data_dir)
     message = str(e.value)
-    assert needle in message and str(data_dir / data.REGISTRY[name].file) in message
+    assert needle in message and str(data_dir / catalog.REGISTRY[name].file) in message
     # The command it names must exist.
     for command in re.findall(r"python (scripts/\S+\.py)", message):
         assert (ROOT / command).is_file(), command
@@ -96,7 +95,7 @@ def test_missing_registry_file_says_how_to_get_it(data_dir, name, needle):
 
 def test_missing_path(tmp_path):
     with pytest.raises(UserError) as e:
-        data.resolve(f"demo,{tmp_path / 'nope.jsonl'}")
+        catalog.resolve(f"demo,{tmp_path / 'nope.jsonl'}")
     assert str(tmp_path / "nope.jsonl") in str(e.value) and "not found" in str(e.value)
 
 
@@ -332,7 +331,7 @@ def test_download_offline_is_one_clean_line(tmp_path, offline_env, name, dataset
 
 def test_download_default_target_is_the_registry_file(offline_env):
     line = one_error_line(run_python("scripts/download_data.py", "alpaca", env=offline_env))
-    assert str(DATA_DIR / data.REGISTRY["alpaca"].file) in line
+    assert str(DATA_DIR / catalog.REGISTRY["alpaca"].file) in line
 
 
 def test_download_unknown_name(offline_env):
@@ -366,11 +365,11 @@ def test_download_writes_the_records(tmp_path, monkeypatch, capsys):
 
 
 def test_download_cot_runs_format_cot(shared_dir, tmp_path):
-    out = tmp_path / data.REGISTRY["cot"].file
+    out = tmp_path / catalog.REGISTRY["cot"].file
     result = run_python("scripts/download_data.py", "cot", "--src", shared_dir / "data" / "flan_cot", "--out", out)
     assert result.returncode == 0, result.stderr
     assert "format_cot.py" in result.stdout
-    assert data.resolve("cot", data_dir=tmp_path) == [out]
+    assert catalog.resolve("cot", data_dir=tmp_path) == [out]
     assert len(data.load("cot", data_dir=tmp_path)["output"]) == 33443
 
 
@@ -388,4 +387,4 @@ def test_same_file_named_twice_is_read_once(tmp_path, monkeypatch):
     path = tmp_path / "demo.json"
     path.write_text('[{"instruction": "i", "output": "o"}]')
     monkeypatch.chdir(tmp_path)
-    assert len(data.resolve(f"demo.json,{path}")) == 1
+    assert len(catalog.resolve(f"demo.json,{path}")) == 1

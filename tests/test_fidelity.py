@@ -14,8 +14,7 @@ from alpaca_cot import checkpoints, models, recipes
 from alpaca_cot.adapters import is_hub_adapter, load_adapter, tokenizer_source
 from alpaca_cot.cli import UserError
 from alpaca_cot.generation import decoding_kwargs
-from alpaca_cot.preprocess import IGNORE, _bos, encode_batch, encode_prompt
-from alpaca_cot.prompter import Prompter
+from alpaca_cot.preprocess import IGNORE, Prompter, _bos, encode_batch, encode_prompt
 from alpaca_cot.throughput import CountingCollator
 from alpaca_cot.train import finetune
 from conftest import ROOT, run_python
@@ -300,12 +299,16 @@ def test_no_speed_line_when_nothing_was_measured(tmp_path, capsys):
     assert "speed:" not in capsys.readouterr().out
 
 
-def test_liger_missing_backend_warnings_are_dropped_and_others_kept(caplog):
-    from alpaca_cot import models
+def test_liger_noise_is_dropped_and_other_warnings_kept(caplog):
+    from alpaca_cot import kernels
 
-    models.quiet_liger_backends()
+    kernels.quiet_liger()
     logger = logging.getLogger("liger_kernel.backends.registry")
-    with caplog.at_level(logging.WARNING, logger=logger.name):
+    config = logging.getLogger("transformers.configuration_utils")
+    with caplog.at_level(logging.WARNING):
         logger.warning("Backend impl '%s' for op '%s' could not be imported: %s", "x._cutedsl.rope", "rope", "ImportError")
         logger.warning("a kernel failed")
-    assert [r.getMessage() for r in caplog.records] == ["a kernel failed"]
+        config.warning("`use_return_dict` is deprecated! Use `return_dict` instead!")
+        config.warning("`torch_dtype` is deprecated! Use `dtype` instead!")
+    assert [r.getMessage() for r in caplog.records] == ["a kernel failed",
+                                                        "`torch_dtype` is deprecated! Use `dtype` instead!"]

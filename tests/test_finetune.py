@@ -226,7 +226,7 @@ def test_token_counts_are_summed_over_ranks(tmp_path):
 
 
 def test_default_micro_batch_follows_the_measured_memory():
-    from alpaca_cot.models import use_fused_kernels
+    from alpaca_cot.kernels import use_fused_kernels
     from alpaca_cot.recipes import default_gradient_checkpointing, default_micro_batch_size
 
     assert use_fused_kernels() is False  # no GPU here: auto means off

@@ -1,11 +1,11 @@
 """--data mixtures (counts, weights, --max_records_per_source, drawn with the seed), duplicate removal and
-decontamination (alpaca_cot/mixture.py, alpaca_cot/dedup.py)."""
+decontamination (alpaca_cot/data.py, alpaca_cot/dedup.py)."""
 
 import json
 
 import pytest
 
-from alpaca_cot import data, dedup, mixture
+from alpaca_cot import catalog, data, dedup
 from alpaca_cot.cli import UserError
 
 
@@ -17,13 +17,13 @@ def records(prefix, n):
 @pytest.fixture
 def data_dir(tmp_path):
     for name, n in (("alpaca", 50), ("cot", 40), ("belle", 30)):
-        (tmp_path / data.REGISTRY[name].file).write_text(json.dumps(records(name, n)), encoding="utf-8")
+        (tmp_path / catalog.REGISTRY[name].file).write_text(json.dumps(records(name, n)), encoding="utf-8")
     return tmp_path
 
 
 def load(spec, data_dir, **kwargs):
     logged = []
-    files, columns = mixture.prepare(spec, data_dir=data_dir, log=logged.append, **kwargs)
+    files, columns = data.load_mixture(spec, data_dir=data_dir, log=logged.append, **kwargs)
     return columns, logged
 
 
@@ -67,7 +67,7 @@ def test_paths_take_specs_too(data_dir, tmp_path):
     path = data_dir / "mine.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records("mine", 10)), encoding="utf-8")
     assert len(load(f"{path}:3", data_dir)[0]["output"]) == 3
-    assert data.resolve(f"{path}:3,alpaca", data_dir=data_dir)[0] == path
+    assert catalog.resolve(f"{path}:3,alpaca", data_dir=data_dir)[0] == path
 
 
 def test_normalised_keys():
@@ -125,5 +125,5 @@ def test_decontaminate_file_errors(data_dir, tmp_path):
 
 
 def test_output_folder_names_drop_mixture_specs():
-    assert data.name_of("alpaca:2000,cot:0.5") == "alpaca-cot"
-    assert data.name_of("data/mine.jsonl:100,belle") == "mine-belle"
+    assert catalog.name_of("alpaca:2000,cot:0.5") == "alpaca-cot"
+    assert catalog.name_of("data/mine.jsonl:100,belle") == "mine-belle"

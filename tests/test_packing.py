@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from alpaca_cot import models
-from alpaca_cot.preprocess import encode_batch
-from alpaca_cot.prompter import Prompter
-from alpaca_cot.trainer import lora_model
+from alpaca_cot.models import lora_model
+from alpaca_cot.preprocess import Prompter, encode_batch
 from alpaca_cot.throughput import CountingCollator
 
 from conftest import ALL_LINEAR, mean_loss, small_run

@@ -2,8 +2,7 @@
 
 import pytest
 
-from alpaca_cot.preprocess import IGNORE, encode_batch, encode_prompt, prompt_overhead
-from alpaca_cot.prompter import Prompter
+from alpaca_cot.preprocess import IGNORE, Prompter, encode_batch, encode_prompt, prompt_overhead
 
 PROMPTER = Prompter("alpaca")
 
@@ -75,12 +74,12 @@ def test_prompt_overhead_counts_template_tokens(llama_tokenizer):
 
 
 def test_a_template_without_its_keys_is_one_line(tmp_path, monkeypatch):
-    from alpaca_cot import prompter
+    from alpaca_cot import preprocess
     from alpaca_cot.cli import UserError
 
     (tmp_path / "broken.json").write_text('{"prompt_input": "{instruction} {input}"}', encoding="utf-8")
-    monkeypatch.setattr(prompter, "TEMPLATES_DIR", tmp_path)
+    monkeypatch.setattr(preprocess, "TEMPLATES_DIR", tmp_path)
     with pytest.raises(UserError, match=r"broken.json: prompt template without 'prompt_no_input'"):
-        prompter.Prompter("broken")
+        preprocess.Prompter("broken")
     with pytest.raises(UserError, match=r"unknown prompt template 'flan_cot'"):
-        prompter.Prompter("flan_cot")
+        preprocess.Prompter("flan_cot")

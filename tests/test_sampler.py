@@ -23,8 +23,7 @@ MICRO, WORLD = 32, 4
 def cot_lengths(shared_dir, llama_tokenizer):
     """Token lengths of every formatted FLAN CoT training row, through finetune's own tokenisation."""
     from alpaca_cot import cot
-    from alpaca_cot.prompter import Prompter
-    from alpaca_cot.preprocess import tokenise
+    from alpaca_cot.preprocess import Prompter, tokenise
 
     templates, rng, records = cot.load_templates(), random.Random(0), []
     for tsv in sorted((shared_dir / "data" / "flan_cot").glob("*_train.tsv")):
