@@ -46,6 +46,8 @@ def run_config(f, files, n_records: int) -> dict:
 def run_record(config: dict, files: list[Path]) -> dict:
     """What defines a run: the training flags of config, the data files' contents, the base model's config."""
     record = {k: v for k, v in config.items() if k not in NOT_DEFINING}
+    if config.get("balance_ranks") is False:  # transformers' order depends on the number of processes
+        record["world_size"] = config["world_size"]
     record["data_files"] = [{"path": str(Path(p).resolve()), "bytes": Path(p).stat().st_size, "sha256": sha256(p)}
                             for p in files]
     base_config = Path(str(config["base_model"])) / "config.json"

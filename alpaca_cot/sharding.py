@@ -16,11 +16,14 @@ from .cli import UserError
 
 def check_flags(fsdp: bool, device_map, quantization: str, world: int, fused_kernels=None):
     """The launches --fsdp and --device_map may run under; one line each, before anything loads. Liger's fused
-    kernels stay off under --fsdp (untried there: its fused loss reads lm_head's weight outside lm_head's forward)."""
+    kernels stay off under both: its fused loss reads lm_head's weight outside lm_head's forward, and with
+    --device_map auto on 2 GPUs it stopped at the first step with tensors on two devices."""
     if device_map not in (None, "auto"):  # "cpu" would be moved to the GPU by the Trainer anyway
         raise UserError(f"finetune's --device_map takes auto (or leave it out), got {device_map!r}")
     if fsdp and device_map is not None:
         raise UserError("--fsdp and --device_map exclude each other: FSDP places the shards itself")
+    if device_map is not None and fused_kernels:
+        raise UserError("--fused_kernels is not supported with --device_map; leave it unset (off with --device_map)")
     if device_map is not None and world > 1:
         raise UserError(f"--device_map {device_map} splits one process's model over the GPUs; it cannot run under "
                         f"a distributed launch ({world} processes): use --fsdp there")

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import adapters, checkpoints, models, recipes, sharding
+from . import adapters, checkpoints, distributed, models, recipes, sharding
 from .checks import check_attention, check_finetune_flags, check_quantization
 from .cli import UserError, as_list
 from .data import load_mixture
@@ -140,10 +140,10 @@ def finetune(
     check_finetune_flags(**flags)
     started = time.time()
     run = prepare(resolve(flags))  # every flag, the data and the output folder checked before a model loads
-    start_distributed()
+    distributed.start()
     trainer, speed = build(run)
     trainer.balance_ranks = run.flags.balance_ranks
-    main_process_then_others(lambda: checkpoints.claim(run.output_dir, run.record, run.plan))
+    distributed.main_process_then_others(lambda: checkpoints.claim(run.output_dir, run.record, run.plan))
     if run.plan.note:
         log(run.plan.note)
     result = trainer.train(resume_from_checkpoint=str(run.plan.resume) if run.plan.resume else None)
@@ -153,8 +153,7 @@ def finetune(
         checkpoints.write_summary(run.output_dir, result.metrics, trainer.state.log_history, speed.metrics(), log=log,
                                   seconds=round(time.time() - started, 1), output_dir=str(run.output_dir),
                                   quantization=run.flags.quantization)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    distributed.end()
     return trainer
 
 
@@ -166,7 +165,7 @@ def resolve(flags: dict) -> SimpleNamespace:
     sharding.check_flags(f.fsdp, f.device_map, f.quantization, f.world, f.fused_kernels)  # before any warning
     check_quantization(f.quantization)
     check_attention(f.attn_implementation)
-    f.fused_kernels = use_fused_kernels(False if f.fsdp else f.fused_kernels)
+    f.fused_kernels = use_fused_kernels(False if f.fsdp or f.device_map else f.fused_kernels)
     if f.micro_batch_size is None:
         f.micro_batch_size = recipes.default_micro_batch_size(f.quantization, f.fused_kernels)
     if f.gradient_checkpointing is None:
@@ -217,14 +216,6 @@ def prepare(f: SimpleNamespace) -> SimpleNamespace:
                            train_data=train_data, val_data=val_data)
 
 
-def start_distributed():
-    """Under a GPU launcher, the process group bound to this process's GPU before the Trainer's arguments
-    start one without a device, which makes every barrier warn and NCCL guess the rank's GPU."""
-    if models.world_size() > 1 and torch.cuda.is_available() and not torch.distributed.is_initialized():
-        torch.cuda.set_device(models.local_rank())
-        torch.distributed.init_process_group("nccl", device_id=torch.device("cuda", models.local_rank()))
-
-
 def build(run: SimpleNamespace):
     """The LoRA model (models.py) and the Trainer over it (trainer.py)."""
     from transformers import set_seed
@@ -236,15 +227,3 @@ def build(run: SimpleNamespace):
                               f.lora_dropout, f.target_modules, f.fused_kernels, f.attn_implementation, f.upcast_norms,
                               device_map=f.device_map, sharded=f.fsdp)
     return build_trainer(run, model, args)
-
-
-def main_process_then_others(fn):
-    """fn on the main process while the others wait (they have read the output folder already)."""
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if distributed:
-        torch.distributed.barrier()
-    if models.is_main_process():
-        fn()
-    if distributed:
-        torch.distributed.barrier()
-

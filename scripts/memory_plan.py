@@ -41,12 +41,15 @@ CALIBRATION = {("bf16", False, True): ("h100.json", "none", "none", 32),
                ("bf16", False, False): ("h200-unfused.json", "none", "none", 16),
                ("bf16", True, False): ("h200-unfused.json", "4bit:8:ckpt", "4bit", 8),
                ("int8", False, False): ("h200-unfused.json", "8bit", "8bit", 16)}
-# FSDP runs without fused kernels (alpaca_cot/sharding.py keeps Liger off there): their speed against fused,
+# FSDP and device_map run without fused kernels (alpaca_cot/sharding.py keeps Liger off there): their speed against fused,
 # measured at the same micro-batch in one run.
 UNFUSED_SPEED = ("h200-fused.json", "none:unfused", "none:fused")
 MEASURED = {"h100.json": ("7b", ("none", "4bit", "8bit"))}  # default-recipe 1-GPU cells in the benchmark files
 EXTRA = ROOT / "benchmarks" / "memory-plan-measured.json"
 SCALING_FILE = ("h200x2-ddp.json", "per_gpu_scaling")  # measured per-GPU efficiency of data parallelism
+# FSDP's speed against data parallelism (DDP) at the same micro-batch, measured at 7B on 2 GPUs: the gathers of
+# each layer's shards cost what DDP does not pay.
+FSDP_SPEED = ("h100x2-layouts-7b.json", "fsdp", "ddp")
 
 
 def parameters(shape: str) -> dict:
@@ -100,9 +103,9 @@ def activation_coefficients() -> dict:
 def estimate_gib(shape: str, quantization: str, layout: str, gpus: int, micro: int, ckpt: bool, cutoff: int,
                  k: dict, fused: bool | None = None) -> float | None:
     """Peak GiB on the busiest GPU; None where the layout cannot run the quantization. Fused kernels by
-    default except under FSDP."""
+    default on one GPU only (finetune.py keeps them off under FSDP and device_map)."""
     p, w = parameters(shape), weight_bytes(shape, quantization)
-    key = (family(quantization), ckpt, layout != "FSDP" if fused is None else fused)
+    key = (family(quantization), ckpt, layout == "1 GPU" if fused is None else fused)
     if key not in k:
         return None
     activations = k[key] * micro * cutoff * p["hidden"]  # per layer
@@ -120,15 +123,20 @@ def estimate_gib(shape: str, quantization: str, layout: str, gpus: int, micro: i
 
 
 def tokens_per_s(shape: str, quantization: str, layout: str, gpus: int, rates: dict) -> float:
-    """The measured 7B speed scaled by parameters; device_map runs one GPU at a time; FSDP runs all, unfused,
-    at the measured data-parallel efficiency."""
+    """The measured 7B speed scaled by parameters; device_map runs one GPU at a time, FSDP all of them at the
+    measured data-parallel efficiency times FSDP's measured speed against DDP, both unfused."""
     rate = rates[quantization] * parameters("7b")["total"] / parameters(shape)["total"]
-    if layout != "FSDP":
+    if layout == "1 GPU":
         return rate
     file, unfused, fused = UNFUSED_SPEED
     speeds = load(file)["train"]
-    return rate * gpus * load(SCALING_FILE[0])[SCALING_FILE[1]] * (
-        speeds[unfused]["real_tokens_per_s"] / speeds[fused]["real_tokens_per_s"])
+    rate *= speeds[unfused]["real_tokens_per_s"] / speeds[fused]["real_tokens_per_s"]
+    if layout == "device_map":
+        return rate
+    file, fsdp, ddp = FSDP_SPEED
+    runs = load(file)["runs"]
+    fsdp_vs_ddp = runs[fsdp]["real_tokens_per_s"] / runs[ddp]["real_tokens_per_s"]
+    return rate * gpus * load(SCALING_FILE[0])[SCALING_FILE[1]] * fsdp_vs_ddp
 
 
 def measured_cells(micro_of, cutoff: int) -> dict:
@@ -155,13 +163,13 @@ def plan(micro_batch_size=None, cutoff_len: int = BENCH_CUTOFF, gpus=(2, 4)) -> 
     """Every cell: shape, quantization, layout, gpus, GiB, tokens/s (None where not estimated), source."""
     k = activation_coefficients()
     rates = {q: load("h100.json")["train"][q]["real_tokens_per_s"] for q in QUANTIZATIONS}
-    micro_of = lambda q, layout: defaults(q, micro_batch_size, layout != "FSDP")[0]  # noqa: E731
+    micro_of = lambda q, layout: defaults(q, micro_batch_size, layout == "1 GPU")[0]  # noqa: E731
     measured = measured_cells(micro_of, cutoff_len)
     cells = []
     for shape in tiny.SHAPES:
         for q in QUANTIZATIONS:
             for layout, n in [("1 GPU", 1)] + [(lay, n) for lay in ("device_map", "FSDP") for n in gpus]:
-                micro, ckpt = defaults(q, micro_batch_size, layout != "FSDP")
+                micro, ckpt = defaults(q, micro_batch_size, layout == "1 GPU")
                 gib = estimate_gib(shape, q, layout, n, micro, ckpt, cutoff_len, k)
                 speed = None if gib is None or micro_batch_size else tokens_per_s(shape, q, layout, n, rates)
                 cell = dict(shape=shape, quantization=q, layout=layout, gpus=n, gib=gib, tokens_per_s=speed,
@@ -196,7 +204,7 @@ def table(cells: list[dict]) -> str:
 
 def largest_micro(shape: str, q: str, layout: str, n: int, cutoff: int, k: dict) -> int:
     """The largest micro-batch (at most the default) whose estimate fits; 0 if none does."""
-    micro, ckpt = defaults(q, None, layout != "FSDP")
+    micro, ckpt = defaults(q, None, layout == "1 GPU")
     fits = [m for m in range(micro, 0, -1) if (estimate_gib(shape, q, layout, n, m, ckpt, cutoff, k) or math.inf) <= CARD_GIB]
     return fits[0] if fits else 0
 

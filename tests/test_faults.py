@@ -491,3 +491,16 @@ def test_resume_in_the_other_rank_order_is_refused(reference, tiny_llama, small_
     with pytest.raises(UserError, match="different run.*balance_ranks"):
         finetune(**flags(tiny_llama, small_data, out, max_steps=12, balance_ranks=False), resume_from_checkpoint="auto")
     assert "balance_ranks" not in json.loads((out / "run.json").read_text())  # earlier runs' records unchanged
+
+
+def test_world_size_defines_a_run_only_in_transformers_order():
+    """The balanced order trains the same records in each step on any number of processes (test_sampler), so a
+    run may resume on another number of GPUs; transformers' order (--balance_ranks False) depends on that
+    number, which then defines the run: resuming with another one is refused as a different run."""
+    from alpaca_cot.checkpoints import differences, run_record
+
+    config = dict(base_model="unused", world_size=4, records=10)
+    assert "world_size" not in run_record(config, [])
+    unbalanced = run_record({**config, "balance_ranks": False}, [])
+    assert unbalanced["world_size"] == 4
+    assert differences(unbalanced, run_record({**config, "balance_ranks": False, "world_size": 2}, [])) == ["world_size"]

@@ -39,6 +39,7 @@ def tiny_gpt2(tmp_path_factory):
     (dict(fsdp=True), 2, "--fsdp needs CUDA GPUs"),
     (dict(fsdp=True, device_map="auto"), 2, "exclude each other"),
     (dict(device_map="auto"), 2, "cannot run under a distributed launch"),
+    (dict(device_map="auto", fused_kernels=True), 1, "--fused_kernels is not supported with --device_map"),
     (dict(device_map="cpu"), 1, "--device_map takes auto"),
 ])
 def test_refusals_before_loading(flags, world, message, monkeypatch, tmp_path, tiny_llama, train_file):

@@ -113,3 +113,12 @@ def test_table_and_flags(plan, capsys):
     for bad in (dict(gpus="1"), dict(gpus="two"), dict(micro_batch_size=0), dict(cutoff_len=-1)):
         with pytest.raises(UserError):
             plan.main(**bad)
+
+
+def test_the_readme_shows_the_plan_as_the_script_prints_it(plan):
+    """The README's table and its fewest-GPUs list are the script's output at its defaults: a change to the
+    plan or to a measured cell that is not copied into the README fails here."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    cells = plan.plan()
+    assert plan.table(cells) in readme
+    assert plan.smallest_fits(cells, plan.BENCH_CUTOFF) in readme

@@ -61,6 +61,8 @@ def test_balanced_over_four_ranks(cot_lengths, accumulation):
     assert new["mean_max_over_min"] - 1 < (old["mean_max_over_min"] - 1) / 2  # far more even than the old order
     assert new["efficiency"] > old["efficiency"]
     assert abs(pads["new"] - pads["one_gpu"]) < 0.01
+    step = MICRO * accumulation * WORLD  # each optimizer step trains the same records as on one GPU
+    assert all(set(order[i:i + step]) == set(one_gpu[i:i + step]) for i in range(0, len(order), step))
 
 
 def test_same_seed_and_epoch_same_order(cot_lengths):
