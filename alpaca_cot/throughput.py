@@ -4,6 +4,7 @@ The collator counts each micro-batch's tokens on the CPU as it builds it; the ca
 counts into a steady-state speed, summed over the processes of a distributed run.
 """
 
+import math
 import time
 
 import torch
@@ -48,6 +49,18 @@ def all_ranks_sum(values: list[int]) -> list[int]:
     total = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(total)
     return [int(v) for v in total.tolist()]
+
+
+# Untimed micro-batches per process before the speed is measured. Counted in micro-batches, not optimizer
+# steps, so that every GPU count warms up on the same work: the first batches of each new sequence length
+# run slower, and with more GPUs each step holds fewer micro-batches per GPU.
+WARMUP_MICRO_BATCHES = 20
+
+
+def warmup_steps(accumulation: int, run_steps: int) -> int:
+    """Optimizer steps left out of the speed: WARMUP_MICRO_BATCHES per process, at most a fifth of the
+    run's run_steps optimizer steps, and at least one."""
+    return max(1, min(math.ceil(WARMUP_MICRO_BATCHES / accumulation), run_steps // 5))
 
 
 def throughput_callback(collator: CountingCollator, warmup_steps: int):

@@ -3,12 +3,13 @@ token-counting collator, the speed callback and the resumable sampler.
 """
 
 import inspect
+import math
 from types import SimpleNamespace
 
 import torch
 
 from . import models, resumable, sharding
-from .throughput import CountingCollator, throughput_callback
+from .throughput import CountingCollator, throughput_callback, warmup_steps
 
 
 def _training_args(**kwargs):
@@ -38,7 +39,8 @@ def build_trainer(run: SimpleNamespace, model, args):
     """A Trainer over the LoRA model, with the token-counting collator and the speed callback."""
     f = run.flags
     collator = CountingCollator(run.tokenizer, packing=f.packing, pad_to=f.cutoff_len if f.pad_to_cutoff else None)
-    speed = throughput_callback(collator, warmup_steps=min(5, max(1, (f.max_steps if f.max_steps > 0 else 50) // 5)))
+    steps = f.max_steps if f.max_steps > 0 else math.ceil(len(run.train_data) * f.num_epochs / f.batch_size)
+    speed = throughput_callback(collator, warmup_steps(f.accumulation, steps))
     trainer = resumable.trainer_class()(model=model, args=args,
                                         train_dataset=run.train_data, eval_dataset=run.val_data,
                                         data_collator=collator, processing_class=run.tokenizer,

@@ -21,6 +21,7 @@ Prints a table and writes the figures, card, versions and date as JSON.
 """
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -32,6 +33,7 @@ import torch
 
 from alpaca_cot import ROOT, cot
 from alpaca_cot.cli import UserError, as_list, run
+from alpaca_cot.throughput import WARMUP_MICRO_BATCHES, warmup_steps
 
 LORA_FLOPS_PER_TOKEN_PER_PARAM = 4  # forward 2N + input gradients 2N; frozen weights get no gradient
 
@@ -311,7 +313,8 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
         gpus: GPU counts, comma-separated (1,2,4): instead of the recipe table and generation, train each
             recipe on the first N GPUs (torchrun) at --global_batch and report the speed per GPU against 1 GPU.
         global_batch: records per optimizer step over all GPUs, the same for every GPU count (with --gpus).
-        scaling_steps: measured optimizer steps per run with --gpus (5 more warm up first).
+        scaling_steps: timed optimizer steps of the 1-GPU run with --gpus; on N GPUs N times as many, so that every
+            GPU computes the same micro-batches at every count, after the same untimed warm-up per GPU.
     """
     if not torch.cuda.is_available():
         raise UserError("the benchmark needs a CUDA GPU")
@@ -319,7 +322,7 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
     if counts and "legacy" in names(recipes):
         raise UserError("--gpus runs finetune.py recipes; drop legacy from --recipes")
     if counts:
-        check_global_batch(names(recipes), counts, global_batch)
+        check_scaling(names(recipes), counts, global_batch, scaling_steps)
     report, model, data, flops_per_token = setup(shape, Path(shared or ROOT.parent / "shared"), Path(work_dir),
                                                  memory_cap_gib)
     if counts:
@@ -362,7 +365,6 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
     if out:
         print(f"wrote {out}")
 
-WARMUP_STEPS = 5  # the speed callback's untimed first steps in a run of 25 steps or more
 
 
 def gpu_counts(value, available: int) -> list[int]:
@@ -377,16 +379,21 @@ def gpu_counts(value, available: int) -> list[int]:
     return counts
 
 
-def check_global_batch(recipes: list[str], counts: list[int], global_batch: int):
-    """Each run's global batch must split into whole micro-batches per GPU, or finetune.py refuses it only after
-    the model is built."""
+def micro_batch(recipe: str) -> int:
+    args = finetune_command(recipe, Path("model"), Path("data"), Path("run"), 1)
+    return int(args[args.index("--micro_batch_size") + 1])
+
+
+def check_scaling(recipes: list[str], counts: list[int], global_batch: int, measured_steps: int):
+    """Each run's global batch must split into whole micro-batches per GPU, and leave steps to time after the
+    warm-up, or the run fails only after the model is built."""
     for recipe in recipes:
-        args = finetune_command(recipe, Path("model"), Path("data"), Path("run"), 1)
-        micro = int(args[args.index("--micro_batch_size") + 1])
+        micro = micro_batch(recipe)
         for n in counts:
             if global_batch % (micro * n):
                 raise UserError(f"--global_batch {global_batch} is not a multiple of {recipe}'s micro-batch {micro} "
                                 f"x {n} GPUs")
+            run_steps(measured_steps, global_batch, micro, n)
 
 
 def scaling_command(finetune: list[str], n_gpus: int, visible: str = None) -> tuple[list[str], dict]:
@@ -435,6 +442,17 @@ def step_overhead_ms(model: Path, iters: int = 50, device: str = "cuda") -> floa
     return round(1000 * (time.perf_counter() - t) / iters, 3)
 
 
+def run_steps(measured_steps: int, global_batch: int, micro: int, gpus: int) -> int:
+    """finetune's --max_steps on `gpus` GPUs such that every GPU computes the same micro-batches at every GPU
+    count, untimed (the speed callback's warm-up) and timed (measured_steps optimizer steps of one GPU)."""
+    accumulation = global_batch // (micro * gpus)
+    measured = measured_steps * gpus
+    max_steps = measured + math.ceil(WARMUP_MICRO_BATCHES / accumulation)
+    if max_steps - warmup_steps(accumulation, max_steps) != measured:
+        raise UserError(f"--scaling_steps {measured_steps} is too few to time after the warm-up on {gpus} GPUs")
+    return max_steps
+
+
 def scaling(report, recipes, counts, model, data, work, global_batch, measured_steps, out):
     """Each recipe on each GPU count at the same global batch; speed per GPU against 1 GPU."""
     report["scaling"] = {"global_batch": global_batch, "step_overhead_ms": step_overhead_ms(model), "runs": {}}
@@ -445,7 +463,8 @@ def scaling(report, recipes, counts, model, data, work, global_batch, measured_s
             if n == 1 and recipe != baseline(recipe):
                 continue  # one process gets the same order either way
             run_dir = work / f"run-{recipe.replace(':', '-')}-{n}gpu"
-            args = finetune_command(recipe, model, data, run_dir, measured_steps + WARMUP_STEPS, global_batch)
+            steps = run_steps(measured_steps, global_batch, micro_batch(recipe), n)
+            args = finetune_command(recipe, model, data, run_dir, steps, global_batch)
             args, env = scaling_command(args, n, os.environ.get("CUDA_VISIBLE_DEVICES"))
             rc = sh(args, work / f"{run_dir.name}.log", env=env)
             summary = json.loads((run_dir / "train_summary.json").read_text()) if rc == 0 else {}

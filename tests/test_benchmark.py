@@ -23,10 +23,26 @@ def test_gpu_counts_are_checked():
             benchmark.gpu_counts(bad, 4)
 
 
-def test_global_batch_is_checked_before_the_model_is_built():
-    benchmark.check_global_batch(["none:32", "none:32:unbalanced"], [1, 2, 4], 128)
+def test_global_batch_and_steps_are_checked_before_the_model_is_built():
+    benchmark.check_scaling(["none:32", "none:32:unbalanced"], [1, 2, 4], 128, 30)
     with pytest.raises(UserError, match="--global_batch 96 is not a multiple of none:32's micro-batch 32 x 2 GPUs"):
-        benchmark.check_global_batch(["none:32"], [1, 2, 4], 96)
+        benchmark.check_scaling(["none:32"], [1, 2, 4], 96, 30)
+    with pytest.raises(UserError, match="--scaling_steps 3 is too few"):
+        benchmark.check_scaling(["none:32"], [1, 2, 4], 128, 3)
+
+
+def test_every_gpu_count_times_the_same_micro_batches_per_gpu():
+    """A short window understates speed (a sequence length's first batches run slower), and on more GPUs each
+    step holds fewer micro-batches per GPU: N GPUs run N times the steps, untimed and timed, of one GPU."""
+    from alpaca_cot.throughput import warmup_steps
+
+    per_gpu = set()
+    for n in (1, 2, 4):
+        accumulation = 128 // (32 * n)
+        steps = benchmark.run_steps(30, 128, 32, n)
+        warm = warmup_steps(accumulation, steps)  # what finetune's speed callback leaves out
+        per_gpu.add((warm * accumulation, (steps - warm) * accumulation))
+    assert per_gpu == {(20, 120)}
 
 
 def test_scaling_command(tmp_path):

@@ -250,3 +250,10 @@ def test_overlap_settings_are_training_arguments_of_this_transformers(tmp_path):
                           **OVERLAP_STEPS)
     assert args.accelerator_config.non_blocking  # pinned memory: on a GPU only
     assert not args.logging_nan_inf_filter
+
+
+def test_speed_warm_up_is_counted_in_micro_batches_per_process():
+    from alpaca_cot.throughput import warmup_steps
+
+    assert warmup_steps(4, 1000) == 5 and warmup_steps(1, 1000) == 20  # 20 micro-batches on any GPU count
+    assert warmup_steps(1, 50) == 10 and warmup_steps(4, 3) == 1  # at most a fifth of the run, at least one
