@@ -25,10 +25,10 @@ def end():
 
 def main_process_then_others(fn):
     """fn on the main process while the others wait (they have read the output folder already)."""
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if distributed:
+    launched = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if launched:
         torch.distributed.barrier()
     if models.is_main_process():
         fn()
-    if distributed:
+    if launched:
         torch.distributed.barrier()

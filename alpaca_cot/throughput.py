@@ -52,8 +52,8 @@ def all_ranks_sum(values: list[int]) -> list[int]:
 
 
 # Untimed micro-batches per process before the speed is measured. Counted in micro-batches, not optimizer
-# steps, so that every GPU count warms up on the same work: the first batches of each new sequence length
-# run slower, and with more GPUs each step holds fewer micro-batches per GPU.
+# steps, so that every GPU count warms up on the same work: a run's first batches are slower, and with more
+# GPUs each step holds fewer micro-batches per GPU.
 WARMUP_MICRO_BATCHES = 20
 
 
