@@ -57,15 +57,16 @@ def all_ranks_sum(values: list[int]) -> list[int]:
 WARMUP_MICRO_BATCHES = 20
 
 
-def warmup_steps(accumulation: int, run_steps: int) -> int:
+def untimed_steps(accumulation: int, run_steps: int) -> int:
     """Optimizer steps left out of the speed: WARMUP_MICRO_BATCHES per process, at most a fifth of the
     run's run_steps optimizer steps, and at least one."""
     return max(1, min(math.ceil(WARMUP_MICRO_BATCHES / accumulation), run_steps // 5))
 
 
-def throughput_callback(collator: CountingCollator, warmup_steps: int):
+def throughput_callback(collator: CountingCollator, warmup_steps: int = None, accumulation: int = 1):
     """Steady-state training speed: tokens (all processes') and seconds (rank 0's) from the end of step
-    `warmup_steps` to the end, less the time and tokens of evaluations in between."""
+    `warmup_steps` to the end, less the time and tokens of evaluations in between. warmup_steps None:
+    untimed_steps of the steps this process start runs, with `accumulation` micro-batches per step."""
     from transformers import TrainerCallback
 
     def sync(gpu=True):
@@ -80,11 +81,13 @@ def throughput_callback(collator: CountingCollator, warmup_steps: int):
 
         def on_train_begin(self, args, state, control, **kw):
             self.first_step = state.global_step  # later than 0 when resuming
+            self.warmup = warmup_steps if warmup_steps is not None else untimed_steps(
+                accumulation, state.max_steps - state.global_step)
             if torch.cuda.is_available():  # training's peak, not loading's (quantizing on load peaks higher)
                 torch.cuda.reset_peak_memory_stats()
 
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step == self.first_step + warmup_steps:
+            if state.global_step == self.first_step + self.warmup:
                 self.start = sync()
             # No GPU sync here: that would stall every step; the error is the step's unfinished tail.
             self.last = sync(gpu=False) if self.start is not None and args.eval_strategy != "no" else None
@@ -96,7 +99,7 @@ def throughput_callback(collator: CountingCollator, warmup_steps: int):
 
         def on_train_end(self, args, state, control, **kw):
             end = sync()
-            self.steps = state.global_step - self.first_step - warmup_steps
+            self.steps = state.global_step - self.first_step - self.warmup
             if self.start is not None and self.steps > 0:
                 seconds, real, padded = (e - s - x for e, s, x in zip(end, self.start, self.evaluation))
                 self.window = (seconds, *all_ranks_sum([real, padded]))

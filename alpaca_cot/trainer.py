@@ -3,13 +3,12 @@ token-counting collator, the speed callback and the resumable sampler.
 """
 
 import inspect
-import math
 from types import SimpleNamespace
 
 import torch
 
 from . import models, resumable, sharding
-from .throughput import CountingCollator, throughput_callback, warmup_steps
+from .throughput import CountingCollator, throughput_callback
 
 
 def _training_args(**kwargs):
@@ -39,8 +38,7 @@ def build_trainer(run: SimpleNamespace, model, args):
     """A Trainer over the LoRA model, with the token-counting collator and the speed callback."""
     f = run.flags
     collator = CountingCollator(run.tokenizer, packing=f.packing, pad_to=f.cutoff_len if f.pad_to_cutoff else None)
-    steps = f.max_steps if f.max_steps > 0 else math.ceil(len(run.train_data) * f.num_epochs / f.batch_size)
-    speed = throughput_callback(collator, warmup_steps(f.accumulation, steps))
+    speed = throughput_callback(collator, accumulation=f.accumulation)
     trainer = resumable.trainer_class()(model=model, args=args,
                                         train_dataset=run.train_data, eval_dataset=run.val_data,
                                         data_collator=collator, processing_class=run.tokenizer,

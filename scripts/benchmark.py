@@ -33,7 +33,7 @@ import torch
 
 from alpaca_cot import ROOT, cot
 from alpaca_cot.cli import UserError, as_list, run
-from alpaca_cot.throughput import WARMUP_MICRO_BATCHES, warmup_steps
+from alpaca_cot.throughput import WARMUP_MICRO_BATCHES, untimed_steps
 
 LORA_FLOPS_PER_TOKEN_PER_PARAM = 4  # forward 2N + input gradients 2N; frozen weights get no gradient
 
@@ -448,7 +448,7 @@ def run_steps(measured_steps: int, global_batch: int, micro: int, gpus: int) -> 
     accumulation = global_batch // (micro * gpus)
     measured = measured_steps * gpus
     max_steps = measured + math.ceil(WARMUP_MICRO_BATCHES / accumulation)
-    if max_steps - warmup_steps(accumulation, max_steps) != measured:
+    if max_steps - untimed_steps(accumulation, max_steps) != measured:
         raise UserError(f"--scaling_steps {measured_steps} is too few to time after the warm-up on {gpus} GPUs")
     return max_steps
 

@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from alpaca_cot import tiny
+from alpaca_cot import checks, tiny
 from alpaca_cot.cli import UserError, as_list, run
 from alpaca_cot.recipes import default_gradient_checkpointing, default_micro_batch_size
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30
 VOCAB = 32000
 CARD_GIB = 78  # what an 80 GB card leaves a process (the benchmarks' cap)
-QUANTIZATIONS = ("none", "8bit", "4bit")
+QUANTIZATIONS = ("none", *(q for q in checks.QUANTIZATIONS if q != "none"))  # the table's row order
 # Bytes per weight of a quantized linear layer: int8 with one fp32 scale per output row (added per row);
 # nf4 with double quantization: 4 bits + an 8-bit absmax per 64 weights + an fp32 scale per 256 absmaxes.
 LINEAR_BYTES = {"none": 2.0, "8bit": 1.0, "4bit": 0.5 + 1 / 64 + 4 / (64 * 256)}

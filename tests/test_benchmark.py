@@ -34,13 +34,13 @@ def test_global_batch_and_steps_are_checked_before_the_model_is_built():
 def test_every_gpu_count_times_the_same_micro_batches_per_gpu():
     """A short window understates speed (a sequence length's first batches run slower), and on more GPUs each
     step holds fewer micro-batches per GPU: N GPUs run N times the steps, untimed and timed, of one GPU."""
-    from alpaca_cot.throughput import warmup_steps
+    from alpaca_cot.throughput import untimed_steps
 
     per_gpu = set()
     for n in (1, 2, 4):
         accumulation = 128 // (32 * n)
         steps = benchmark.run_steps(30, 128, 32, n)
-        warm = warmup_steps(accumulation, steps)  # what finetune's speed callback leaves out
+        warm = untimed_steps(accumulation, steps)  # what finetune's speed callback leaves out
         per_gpu.add((warm * accumulation, (steps - warm) * accumulation))
     assert per_gpu == {(20, 120)}
 

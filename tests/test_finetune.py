@@ -253,7 +253,7 @@ def test_overlap_settings_are_training_arguments_of_this_transformers(tmp_path):
 
 
 def test_speed_warm_up_is_counted_in_micro_batches_per_process():
-    from alpaca_cot.throughput import warmup_steps
+    from alpaca_cot.throughput import untimed_steps
 
-    assert warmup_steps(4, 1000) == 5 and warmup_steps(1, 1000) == 20  # 20 micro-batches on any GPU count
-    assert warmup_steps(1, 50) == 10 and warmup_steps(4, 3) == 1  # at most a fifth of the run, at least one
+    assert untimed_steps(4, 1000) == 5 and untimed_steps(1, 1000) == 20  # 20 micro-batches on any GPU count
+    assert untimed_steps(1, 50) == 10 and untimed_steps(4, 3) == 1  # at most a fifth of the run, at least one
