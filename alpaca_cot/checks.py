@@ -39,6 +39,7 @@ FINETUNE_RULES = {
     "save_steps": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     "val_set_size": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     "seed": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "profile_steps": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     "save_total_limit": (lambda v: v is None or _integer(v) and v >= 1, "an integer >= 1 or None"),
 }
 

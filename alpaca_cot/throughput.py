@@ -63,10 +63,12 @@ def untimed_steps(accumulation: int, run_steps: int) -> int:
     return max(1, min(math.ceil(WARMUP_MICRO_BATCHES / accumulation), run_steps // 5))
 
 
-def throughput_callback(collator: CountingCollator, warmup_steps: int = None, accumulation: int = 1):
+def throughput_callback(collator: CountingCollator, warmup_steps: int = None, accumulation: int = 1,
+                        untimed_last: int = 0):
     """Steady-state training speed: tokens (all processes') and seconds (rank 0's) from the end of step
-    `warmup_steps` to the end, less the time and tokens of evaluations in between. warmup_steps None:
-    untimed_steps of the steps this process start runs, with `accumulation` micro-batches per step."""
+    `warmup_steps` to the end, or to `untimed_last` steps before it (the profiled ones), less the time and
+    tokens of evaluations in between. warmup_steps None: untimed_steps of the steps this process start
+    runs, with `accumulation` micro-batches per step."""
     from transformers import TrainerCallback
 
     def sync(gpu=True):
@@ -75,7 +77,7 @@ def throughput_callback(collator: CountingCollator, warmup_steps: int = None, ac
         return time.perf_counter(), collator.real_tokens, collator.padded_tokens
 
     class Throughput(TrainerCallback):
-        start = last = window = None
+        start = last = end = window = None
         steps = 0
         evaluation = (0.0, 0, 0)  # seconds and tokens spent evaluating inside the window, left out
 
@@ -83,14 +85,18 @@ def throughput_callback(collator: CountingCollator, warmup_steps: int = None, ac
             self.first_step = state.global_step  # later than 0 when resuming
             self.warmup = warmup_steps if warmup_steps is not None else untimed_steps(
                 accumulation, state.max_steps - state.global_step)
+            self.stop = state.max_steps - untimed_last
             if torch.cuda.is_available():  # training's peak, not loading's (quantizing on load peaks higher)
                 torch.cuda.reset_peak_memory_stats()
 
         def on_step_end(self, args, state, control, **kw):
             if state.global_step == self.first_step + self.warmup:
                 self.start = sync()
+            if state.global_step == self.stop and self.start is not None and untimed_last:
+                self.end = sync()
             # No GPU sync here: that would stall every step; the error is the step's unfinished tail.
-            self.last = sync(gpu=False) if self.start is not None and args.eval_strategy != "no" else None
+            timing = self.start is not None and self.end is None
+            self.last = sync(gpu=False) if timing and args.eval_strategy != "no" else None
 
         def on_evaluate(self, args, state, control, **kw):
             if self.last is not None:  # evaluation runs right after a step's end
@@ -98,8 +104,8 @@ def throughput_callback(collator: CountingCollator, warmup_steps: int = None, ac
                 self.evaluation = tuple(e + n - l for e, n, l in zip(self.evaluation, now, self.last))
 
         def on_train_end(self, args, state, control, **kw):
-            end = sync()
-            self.steps = state.global_step - self.first_step - self.warmup
+            end = self.end or sync()
+            self.steps = min(state.global_step, self.stop) - self.first_step - self.warmup
             if self.start is not None and self.steps > 0:
                 seconds, real, padded = (e - s - x for e, s, x in zip(end, self.start, self.evaluation))
                 self.window = (seconds, *all_ranks_sum([real, padded]))

@@ -71,6 +71,7 @@ def finetune(
     group_by_length: bool = None,
     balance_ranks: bool = True,
     overlap_steps: bool = True,
+    profile_steps: int = 0,
     skip_bad_records: bool = False,
     # run
     resume_from_checkpoint: str = None,
@@ -130,6 +131,8 @@ def finetune(
         overlap_steps: on a GPU, copy micro-batches to it without waiting and drop the Trainer's per-step NaN
             check of the logged loss, so that the CPU prepares the next step while the GPU computes (False: the
             Trainer's synchronous loop, for comparison).
+        profile_steps: record the run's last N optimizer steps with torch.profiler: a Chrome trace and a summary
+            per rank in output_dir/profile (GPU busy share, stalls, NCCL, host waits); the speed stops before them.
         skip_bad_records: skip and count malformed records instead of stopping.
         resume_from_checkpoint: auto (the last checkpoint in output_dir) or a checkpoint folder.
         overwrite: replace an adapter already saved in output_dir.

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import models, resumable, sharding
+from . import models, profiling, resumable, sharding
 from .throughput import CountingCollator, throughput_callback
 
 
@@ -38,11 +38,13 @@ def build_trainer(run: SimpleNamespace, model, args):
     """A Trainer over the LoRA model, with the token-counting collator and the speed callback."""
     f = run.flags
     collator = CountingCollator(run.tokenizer, packing=f.packing, pad_to=f.cutoff_len if f.pad_to_cutoff else None)
-    speed = throughput_callback(collator, accumulation=f.accumulation)
+    speed = throughput_callback(collator, accumulation=f.accumulation, untimed_last=f.profile_steps)
+    callbacks = [speed, resumable.log_at_saves_callback()]
+    if f.profile_steps:  # after the speed callback, whose window ends where profiling starts
+        callbacks.append(profiling.profiler_callback(f.profile_steps, run.output_dir / "profile"))
     trainer = resumable.trainer_class()(model=model, args=args,
                                         train_dataset=run.train_data, eval_dataset=run.val_data,
-                                        data_collator=collator, processing_class=run.tokenizer,
-                                        callbacks=[speed, resumable.log_at_saves_callback()])
+                                        data_collator=collator, processing_class=run.tokenizer, callbacks=callbacks)
     return trainer, speed
 
 

@@ -295,7 +295,7 @@ def setup(shape: str, shared: Path, work: Path, memory_cap_gib: float):
 def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", steps: int = 60,
          shared: str = None, work_dir: str = "/tmp/alpaca-cot-bench", out: str = None, generation_runs: str = "none,8bit",
          gen_variants: str = "unmerged,merged,compiled", memory_cap_gib: float = None, gpus: str = None,
-         global_batch: int = 128, scaling_steps: int = 40):
+         global_batch: int = 128, scaling_steps: int = 40, profile_steps: int = 0):
     """Train each recipe on a random-init model of --shape, then time generation; print and save the figures.
 
     Args:
@@ -315,6 +315,8 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
         global_batch: records per optimizer step over all GPUs, the same for every GPU count (with --gpus).
         scaling_steps: timed optimizer steps of the 1-GPU run with --gpus; on N GPUs N times as many, so that every
             GPU computes the same micro-batches at every count, after the same untimed warm-up per GPU.
+        profile_steps: with --gpus, add this many steps to every run and profile them (finetune --profile_steps):
+            each rank's summary (GPU busy share, stalls, NCCL and host-wait time) goes in the report.
     """
     if not torch.cuda.is_available():
         raise UserError("the benchmark needs a CUDA GPU")
@@ -326,7 +328,8 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
     report, model, data, flops_per_token = setup(shape, Path(shared or ROOT.parent / "shared"), Path(work_dir),
                                                  memory_cap_gib)
     if counts:
-        return scaling(report, names(recipes), counts, model, data, Path(work_dir), global_batch, scaling_steps, out)
+        return scaling(report, names(recipes), counts, model, data, Path(work_dir), global_batch, scaling_steps, out,
+                       profile_steps)
     work = Path(work_dir)
     for recipe in names(recipes):
         result = work / f"{recipe.replace(':', '-')}.json"
@@ -453,7 +456,7 @@ def run_steps(measured_steps: int, global_batch: int, micro: int, gpus: int) -> 
     return max_steps
 
 
-def scaling(report, recipes, counts, model, data, work, global_batch, measured_steps, out):
+def scaling(report, recipes, counts, model, data, work, global_batch, measured_steps, out, profile_steps=0):
     """Each recipe on each GPU count at the same global batch; speed per GPU against 1 GPU."""
     report["scaling"] = {"global_batch": global_batch, "step_overhead_ms": step_overhead_ms(model), "runs": {}}
     runs = report["scaling"]["runs"]
@@ -463,14 +466,18 @@ def scaling(report, recipes, counts, model, data, work, global_batch, measured_s
             if n == 1 and recipe != baseline(recipe):
                 continue  # one process gets the same order either way
             run_dir = work / f"run-{recipe.replace(':', '-')}-{n}gpu"
-            steps = run_steps(measured_steps, global_batch, micro_batch(recipe), n)
+            steps = run_steps(measured_steps, global_batch, micro_batch(recipe), n) + profile_steps
             args = finetune_command(recipe, model, data, run_dir, steps, global_batch)
+            args += ["--profile_steps", str(profile_steps)] if profile_steps else []
             args, env = scaling_command(args, n, os.environ.get("CUDA_VISIBLE_DEVICES"))
             rc = sh(args, work / f"{run_dir.name}.log", env=env)
             summary = json.loads((run_dir / "train_summary.json").read_text()) if rc == 0 else {}
             runs[recipe][str(n)] = None if "real_tokens_per_s" not in summary else {k: summary[k] for k in (
                 "real_tokens_per_s", "padded_tokens_per_s", "padding_share", "peak_gpu_gib", "measured_steps",
                 "train_steps_per_second") if k in summary}
+            if runs[recipe][str(n)] and profile_steps:
+                runs[recipe][str(n)]["profile"] = {p.name.split("-")[0]: json.loads(p.read_text())
+                                                   for p in sorted((run_dir / "profile").glob("rank*-summary.json"))}
             print(recipe, n, runs[recipe][str(n)], flush=True)
             save(report, out)
     scaling_efficiency(runs)

@@ -336,7 +336,7 @@ def test_speed_summary_without_a_measured_step():
 
     collator = SimpleNamespace(real_tokens=0, padded_tokens=0)
     speed = throughput_callback(collator, warmup_steps=1)
-    args, state = SimpleNamespace(eval_strategy="no"), SimpleNamespace(global_step=0)
+    args, state = SimpleNamespace(eval_strategy="no"), SimpleNamespace(global_step=0, max_steps=2)
     speed.on_train_begin(args, state, None)
     for step in (1, 2):  # steps whose batches were fetched before the window opened: no tokens inside it
         state.global_step = step

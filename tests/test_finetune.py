@@ -185,7 +185,7 @@ def test_throughput_leaves_evaluation_out():
 
     collator = SimpleNamespace(real_tokens=0, padded_tokens=0)
     speed = throughput_callback(collator, warmup_steps=1)
-    args, state = SimpleNamespace(eval_strategy="steps"), SimpleNamespace(global_step=0)
+    args, state = SimpleNamespace(eval_strategy="steps"), SimpleNamespace(global_step=0, max_steps=3)
     speed.on_train_begin(args, state, None)
     for step in range(1, 4):
         collator.real_tokens += 90
