@@ -1,5 +1,5 @@
-"""Liger's fused Triton kernels (RMSNorm, SwiGLU, fused linear cross-entropy): whether a run uses them,
-and patching a loaded LLaMA with them.
+"""Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy): whether a run uses
+them, and patching a loaded LLaMA with them.
 """
 
 import logging
@@ -26,7 +26,7 @@ def quiet_liger():
 
 
 def use_fused_kernels(requested=None) -> bool:
-    """Liger's Triton kernels (RMSNorm, SwiGLU, fused linear cross-entropy) for LLaMA on a GPU:
+    """Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) for LLaMA on a GPU:
     by default on where liger-kernel is installed (faster and smaller at every precision, measured in
     one run: benchmarks/README.md); an error if asked for where they cannot run."""
     try:
@@ -48,8 +48,6 @@ def apply_fused_kernels(model):
     quiet_liger()
     from liger_kernel.transformers import apply_liger_kernel_to_llama
 
-    # Not Liger's RoPE: it compiles a kernel for each batch size it meets, and micro-batches of equal cost
-    # (rank_order.py) vary in size, so a run kept stalling on compilation.
-    apply_liger_kernel_to_llama(rope=False, rms_norm=True, swiglu=True, cross_entropy=False,
+    apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                 fused_linear_cross_entropy=True, model=model)
     return model

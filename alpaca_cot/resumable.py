@@ -3,25 +3,29 @@
 transformers builds its length-grouped sampler without a generator, so each epoch's order comes
 from the global RNG at the moment the epoch starts, which a resumed run does not reproduce. Here
 the order of epoch e is drawn from seed + e, and the lengths come from the dataset's precomputed
-`length` column instead of measuring every row. Each step's records are split into micro-batches of
-equal cost, the same on any number of processes (rank_order.py), unless the trainer's
-`balance_ranks` is False: then transformers' order, cut into fixed micro-batches. The whole run's loss is
+`length` column instead of measuring every row. Under several processes the order is balanced
+over ranks (rank_order.py) unless the trainer's `balance_ranks` is False. The whole run's loss is
 computed from the log history (which a checkpoint carries), with a log line forced at every checkpoint and at the end:
 the Trainer's own train_loss covers only the steps of the last process start, and its final
 unlogged remainder is rank 0's own share rather than the average over ranks.
 """
 
+import torch
 from torch.utils.data import Sampler
 
-from .rank_order import grouped_order, rebalanced_sampler
+from .rank_order import balanced_order
 
 
 class EpochSeededLengthSampler(Sampler):
-    """Length-grouped order (transformers' get_length_grouped_indices) over steps of batch_size records
-    (one process's), drawn from seed + epoch."""
+    """Length-grouped order (transformers' get_length_grouped_indices), drawn from seed + epoch.
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+    batch_size: one process's records per optimizer step. With micro_batch_size, the order is
+    rank_order.balanced_order over `world` processes (one process: the same order).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, micro_batch_size: int = None, world: int = 1):
         self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+        self.micro_batch_size, self.world = micro_batch_size, world
 
     def set_epoch(self, epoch: int):
         self.epoch = int(epoch)
@@ -30,7 +34,13 @@ class EpochSeededLengthSampler(Sampler):
         return len(self.lengths)
 
     def __iter__(self):
-        return iter(grouped_order(self.lengths, self.batch_size, self.seed + self.epoch))
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.micro_batch_size:
+            return iter(balanced_order(self.lengths, self.micro_batch_size, self.world,
+                                       self.batch_size // self.micro_batch_size, generator))
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
 def groups_by_length(args) -> bool:
@@ -45,18 +55,15 @@ def trainer_class():
         balance_ranks = True  # False: transformers' order, whose micro-batches accelerate deals round-robin
 
         def _get_train_sampler(self, train_dataset=None):
-            a = self.args
-            if not groups_by_length(a) or a.length_column_name not in getattr(self.train_dataset, "column_names", ()):
+            column = self.args.length_column_name
+            if not groups_by_length(self.args) or column not in getattr(self.train_dataset, "column_names", ()):
                 return super()._get_train_sampler(train_dataset)
             # self.train_dataset, not train_dataset: the Trainer has already dropped the length column there.
-            lengths = self.train_dataset[a.length_column_name]
-            seed = a.data_seed if a.data_seed is not None else a.seed
-            step = a.train_batch_size * a.gradient_accumulation_steps  # one process's records per step
-            if not self.balance_ranks:
-                return EpochSeededLengthSampler(lengths, step, seed)
-            # A BatchRebalanceSampler: the Trainer hands it to the dataloader as its batch_sampler, unsharded.
-            return rebalanced_sampler(lengths, step * a.world_size, a.world_size, a.gradient_accumulation_steps,
-                                      a.process_index, seed, drop_last=a.dataloader_drop_last)
+            micro = self.args.train_batch_size
+            return EpochSeededLengthSampler(self.train_dataset[column], micro * self.args.gradient_accumulation_steps,
+                                            self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+                                            micro_batch_size=micro if self.balance_ranks else None,
+                                            world=self.args.world_size)
 
     return ResumableTrainer
 

@@ -126,10 +126,8 @@ def finetune(
         dedup: remove repeated prompts within and across sources: none (as given), exact or near (MinHash).
         decontaminate: evaluation files (.json/.jsonl, comma-separated) whose rows are removed from the data.
         group_by_length: batch records of similar length together (on; off with --recipe 2023).
-        balance_ranks: with group_by_length, split each step's records into micro-batches of equal cost (fewer
-            records where they are long; micro_batch_size is then their average), the same on any number of
-            GPUs, so that every GPU gets an equal share of each step (False: transformers' order in fixed
-            micro-batches, whose longest of each step goes to the first GPU).
+        balance_ranks: with group_by_length on several GPUs, give every GPU an equal share of each step's padded
+            tokens (False: transformers' order, whose longest micro-batch of each step goes to the first GPU).
         overlap_steps: on a GPU, copy micro-batches to it without waiting and drop the Trainer's per-step NaN
             check of the logged loss, so that the CPU prepares the next step while the GPU computes (False: the
             Trainer's synchronous loop, for comparison).
