@@ -1,6 +1,7 @@
 """finetune --profile_steps N: record the run's last N optimizer steps with torch.profiler and say where a
-step's time goes: how much of it the GPU computed, how long it sat idle, how long the host waited for it
-and how long each rank spent in NCCL (on the faster ranks, mostly waiting for the slowest).
+step's time goes: how much of it the GPU ran kernels (NCCL's included), how long it sat idle and what
+the host ran meanwhile, how long the host waited for the GPU, and how long each rank spent in NCCL
+(on the faster ranks, mostly waiting for the slowest).
 
 Each rank writes profile/rank{R}.json (a Chrome trace: chrome://tracing or https://ui.perfetto.dev) and
 profile/rank{R}-summary.json, read from that trace. The speed in train_summary.json stops before the
