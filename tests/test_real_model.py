@@ -18,8 +18,20 @@ def test_missing_package_says_how_to_install(monkeypatch):
         models.base_model_name(base_model="smollm2-135m")
 
 
+@pytest.fixture
+def gguf_read_once(monkeypatch):
+    """transformers reads the GGUF's header (its 49k-piece vocabulary) anew for the config, the tokenizer and the
+    weights, and builds gguf's tensor-name map anew for every submodule: the same unchanged file here, read once."""
+    import functools
+
+    import gguf as gguf_package
+
+    for name in ("GGUFReader", "get_tensor_name_map"):
+        monkeypatch.setattr(gguf_package, name, functools.cache(getattr(gguf_package, name)))
+
+
 @needs_package
-def test_preset_converts_once_matches_the_gguf_and_trains(tmp_path, monkeypatch, train_file):
+def test_preset_converts_once_matches_the_gguf_and_trains(tmp_path, monkeypatch, train_file, gguf_read_once):
     from transformers import AutoModelForCausalLM
 
     from alpaca_cot.train import finetune
