@@ -1,12 +1,14 @@
 """One LoRA optimizer step on a tiny LLaMA, sharded with FSDP2 (fully_shard over gloo) or not, then the
 adapter saved through sharding.adapter_state_dict and adapters.save_adapter; for tests/test_fsdp.py.
 
-    torchrun --nproc_per_node 2 tests/sharded_step.py BASE OUT [--4bit]     # sharded by decoder layer
-    python tests/sharded_step.py BASE OUT --single [--4bit]                 # the same step in one process
+    torchrun --nproc_per_node 2 tests/sharded_step.py BASE OUT none,4bit     # sharded by decoder layer
+    python tests/sharded_step.py BASE OUT none,4bit --single                 # the same step in one process
 
-Sharded, it also writes the adapter as the Trainer's SHARDED_STATE_DICT checkpoints do (accelerate's
-save_fsdp_model, adapter_only), loads that into a freshly built sharded model (load_fsdp_model, as a
-resume does), and records in OUT/resume.json whether the loaded adapter equals the trained one.
+Each quantization listed takes its step in turn, from a fresh model, into OUT/<quantization>: one launch
+serves them all (starting the processes costs more than the steps). Sharded, it also writes the adapter as
+the Trainer's SHARDED_STATE_DICT checkpoints do (accelerate's save_fsdp_model, adapter_only), loads that
+into a freshly built sharded model (load_fsdp_model, as a resume does), and records in
+OUT/<quantization>/resume.json whether the loaded adapter equals the trained one.
 The Trainer cannot shard on CPUs (accelerate runs FSDP only on GPUs), so this drives fully_shard itself.
 """
 
@@ -70,15 +72,9 @@ def resume_check(base, quantization, tokenizer, model, out: Path, rank: int) -> 
             "files": sorted(p.name for p in (out / "checkpoint" / "pytorch_model_fsdp_0").iterdir())}
 
 
-def main(base: str, out: str, single: bool, quantization: str):
+def step(base: str, out: Path, single: bool, quantization: str, rank: int):
     import torch.distributed as dist
 
-    if not single:
-        from accelerate import PartialState
-
-        dist.init_process_group("gloo")
-        PartialState(cpu=True)  # accelerate's checkpoint functions log through it
-    rank = 0 if single else dist.get_rank()
     tokenizer = models.load_tokenizer(base)
     model = build(base, quantization, tokenizer, shard=not single)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
@@ -87,14 +83,28 @@ def main(base: str, out: str, single: bool, quantization: str):
     optimizer.step()
     state = gathered(model, rank == 0, not single)
     if rank == 0:
-        adapters.save_adapter(model, tokenizer, Path(out), state_dict=state)
+        adapters.save_adapter(model, tokenizer, out, state_dict=state)
     if not single:
-        result = resume_check(base, quantization, tokenizer, model, Path(out), rank)
+        result = resume_check(base, quantization, tokenizer, model, out, rank)
         if rank == 0:
-            (Path(out) / "resume.json").write_text(json.dumps(result))
+            (out / "resume.json").write_text(json.dumps(result))
         dist.barrier()
+
+
+def main(base: str, out: str, quantizations: list[str], single: bool):
+    import torch.distributed as dist
+
+    if not single:
+        from accelerate import PartialState
+
+        dist.init_process_group("gloo")
+        PartialState(cpu=True)  # accelerate's checkpoint functions log through it
+    rank = 0 if single else dist.get_rank()
+    for quantization in quantizations:
+        step(base, Path(out) / quantization, single, quantization, rank)
+    if not single:
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], "--single" in sys.argv[3:], "4bit" if "--4bit" in sys.argv[3:] else "none")
+    main(sys.argv[1], sys.argv[2], sys.argv[3].split(","), "--single" in sys.argv[4:])

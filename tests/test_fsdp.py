@@ -65,23 +65,33 @@ def test_trainer_fsdp_arguments(model, layer, request):
     assert plugin["cpu_ram_efficient_loading"] is False  # 4-bit: each rank quantizes its own copy
 
 
-@pytest.mark.parametrize("quantization", ["none", "4bit"])
-def test_sharded_adapter_gathers_to_the_unsharded_one(quantization, tmp_path, tiny_llama):
+QUANTIZATIONS = ("none", "4bit")
+
+
+@pytest.fixture(scope="module")
+def sharded_steps(tmp_path_factory, tiny_llama) -> tuple[Path, Path]:
+    """tests/sharded_step.py for every quantization: sharded over two processes, and unsharded in a third
+    launched beside them."""
+    from conftest import free_port
+
+    script, work, which = ROOT / "tests" / "sharded_step.py", tmp_path_factory.mktemp("steps"), ",".join(QUANTIZATIONS)
+    launches = [[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                 str(free_port()), str(script), str(tiny_llama), str(work / "sharded"), which],
+                [sys.executable, str(script), str(tiny_llama), str(work / "single"), which, "--single"]]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cmd in launches]
+    for proc in procs:
+        stderr = proc.communicate(timeout=300)[1]
+        assert proc.returncode == 0, stderr[-3000:]
+    return work / "sharded", work / "single"
+
+
+@pytest.mark.parametrize("quantization", QUANTIZATIONS)
+def test_sharded_adapter_gathers_to_the_unsharded_one(quantization, sharded_steps, tiny_llama):
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from conftest import free_port
-
-    script = str(ROOT / "tests" / "sharded_step.py")
-    sharded, single, four = tmp_path / "sharded", tmp_path / "single", ["--4bit"] if quantization == "4bit" else []
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(free_port()), script, str(tiny_llama), str(sharded), *four],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    run = subprocess.run([sys.executable, script, str(tiny_llama), str(single), "--single", *four],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    sharded, single = (folder / quantization for folder in sharded_steps)
     got, want = load_file(sharded / "adapter_model.safetensors"), load_file(single / "adapter_model.safetensors")
     assert sorted(got) == sorted(want) and any("lora_B" in k for k in got)
     for key in got:
