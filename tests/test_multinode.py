@@ -2,6 +2,7 @@
 saves one adapter, with torchrun and with torch.distributed.launch."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,10 @@ import pytest
 
 from alpaca_cot import ROOT
 from conftest import free_port
+
+# A launcher that starts one process sets no OMP_NUM_THREADS, so accelerate gives each node's process every
+# core: two processes of two threads each on a 2-core machine, waiting on each other.
+ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 @pytest.mark.parametrize("launcher", ["torch.distributed.run", "torch.distributed.launch"])
@@ -19,7 +24,8 @@ def test_two_nodes_train_one_adapter(launcher, tmp_path, tiny_llama, train_file)
              "--cutoff_len", "128", "--report_to", "none", "--save_steps", "1000", "--output_dir", str(out)]
     nodes = [subprocess.Popen([sys.executable, "-m", launcher, "--nproc_per_node", "1", "--nnodes", "2",
                                "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
-                               *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               *flags], cwd=ROOT, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
              for rank in (0, 1)]
     results = [node.communicate(timeout=600) for node in nodes]
     for node, (stdout, stderr) in zip(nodes, results):
