@@ -82,14 +82,34 @@ def reference(tmp_path_factory, tiny_llama, small_data) -> Path:
 
 # ---- exact resume after kill -9 ----
 
-@pytest.mark.parametrize("point,resumes_from", [("step:7", "checkpoint-6"), ("save:9", "checkpoint-6"),
-                                                ("final", "checkpoint-10")])
-def test_killed_run_resumes_to_the_same_adapter(point, resumes_from, reference, tiny_llama, small_data, tmp_path,
+KILL_POINTS = [("step:7", "checkpoint-6"), ("save:9", "checkpoint-6"), ("final", "checkpoint-10")]
+
+
+@pytest.fixture(scope="module")
+def killed_runs(tmp_path_factory, tiny_llama, small_data):
+    """tests/finetune_killed.py at every kill point, all started at once, beside the reference run (each spends
+    most of its time importing, on one core): point -> (its folder, holding run/ and output.txt; its process)."""
+    work, started = tmp_path_factory.mktemp("killed"), {}
+    for point, _ in KILL_POINTS:
+        folder = work / point.replace(":", "-")
+        folder.mkdir()
+        with open(folder / "output.txt", "w") as log:
+            started[point] = folder, subprocess.Popen(
+                [sys.executable, "tests/finetune_killed.py", *as_cli(flags(tiny_llama, small_data, folder / "run"))],
+                cwd=ROOT, env=dict(ENV, KILL_AT=point), stdout=log, stderr=subprocess.STDOUT)
+    yield started
+    for _, proc in started.values():  # a test that was not selected did not wait for its run
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("point,resumes_from", KILL_POINTS)
+def test_killed_run_resumes_to_the_same_adapter(point, resumes_from, killed_runs, reference, tiny_llama, small_data,
                                                 capsys):
-    out = tmp_path / "run"
+    folder, proc = killed_runs[point]
+    out, returncode = folder / "run", proc.wait(timeout=300)
     f = flags(tiny_llama, small_data, out)
-    proc = run_python("tests/finetune_killed.py", *as_cli(f), env=dict(ENV, KILL_AT=point))
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert returncode == -signal.SIGKILL, (folder / "output.txt").read_text()[-3000:]
     if point == "final":  # what generate.py reads: the committed save, finished
         adapters.check_adapter(out)
         assert same_tensors(adapter_of(out), adapter_of(reference))
