@@ -1,12 +1,10 @@
-"""Two launchers on one host acting as two nodes (gloo, CPU): the seed's multi-node command trains and
-saves one adapter, with torchrun and with torch.distributed.launch."""
+"""Launchers on one host acting as two nodes (gloo, CPU): the seed's multi-node command trains and saves one
+adapter, with torchrun starting one node and torch.distributed.launch the other; and accelerate launch."""
 
 import json
 import os
 import subprocess
 import sys
-
-import pytest
 
 from alpaca_cot import ROOT
 from conftest import free_port
@@ -16,17 +14,19 @@ from conftest import free_port
 ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-@pytest.mark.parametrize("launcher", ["torch.distributed.run", "torch.distributed.launch"])
-def test_two_nodes_train_one_adapter(launcher, tmp_path, tiny_llama, train_file):
+def test_two_nodes_train_one_adapter(tmp_path, tiny_llama, train_file):
+    """Node 0 started by torchrun, node 1 by torch.distributed.launch, which also passes --local-rank=0 on the
+    command line: one job, so each launcher's way of starting finetune.py is checked in one launch."""
     port, out = free_port(), tmp_path / "adapter"
     flags = ["finetune.py", "--base_model", str(tiny_llama), "--data", str(train_file), "--quantization", "none",
              "--batch_size", "8", "--micro_batch_size", "2", "--max_steps", "3", "--val_set_size", "0",
              "--cutoff_len", "128", "--report_to", "none", "--save_steps", "1000", "--output_dir", str(out)]
+    launchers = ("torch.distributed.run", "torch.distributed.launch")
     nodes = [subprocess.Popen([sys.executable, "-m", launcher, "--nproc_per_node", "1", "--nnodes", "2",
                                "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
                                *flags], cwd=ROOT, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
-             for rank in (0, 1)]
+             for rank, launcher in enumerate(launchers)]
     results = [node.communicate(timeout=600) for node in nodes]
     for node, (stdout, stderr) in zip(nodes, results):
         assert node.returncode == 0, stderr[-3000:]
