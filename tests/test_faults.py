@@ -148,14 +148,16 @@ def test_run_loss_counts_every_logged_step():
 
 
 def test_ddp_reports_the_loss_of_a_single_process(tmp_path, tiny_llama, small_data):
-    """torchrun's ranks each see half of each batch: the run's loss is the same as one process's."""
-    f = flags(tiny_llama, small_data, tmp_path / "one", batch_size=8, num_epochs=1, max_steps=3, save_steps=100,
+    """torchrun's ranks each see half of each batch: the run's loss is the same as one process's (which trains
+    here while the ranks start)."""
+    f = flags(tiny_llama, small_data, tmp_path / "two", batch_size=8, num_epochs=1, max_steps=3, save_steps=100,
               lora_dropout=0.0, logging_steps=10)
-    finetune(**f)
-    f["output_dir"] = str(tmp_path / "two")
-    proc = run_python("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-                      "finetune.py", *as_cli(f), env=ENV)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                              str(free_port()), "finetune.py", *as_cli(f)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    finetune(**dict(f, output_dir=str(tmp_path / "one")))
+    stderr = ranks.communicate(timeout=300)[1]
+    assert ranks.returncode == 0, stderr[-3000:]
     one, two = (json.loads((tmp_path / d / "train_summary.json").read_text())["train_loss"] for d in ("one", "two"))
     assert two == pytest.approx(one, rel=1e-4)
 
