@@ -70,18 +70,18 @@ QUANTIZATIONS = ("none", "4bit")
 
 @pytest.fixture(scope="module")
 def sharded_steps(tmp_path_factory, tiny_llama) -> tuple[Path, Path]:
-    """tests/sharded_step.py for every quantization: sharded over two processes, and unsharded in a third
-    launched beside them."""
+    """tests/sharded_step.py for every quantization: sharded over two processes, and unsharded here while they
+    start."""
+    import sharded_step
     from conftest import free_port
 
-    script, work, which = ROOT / "tests" / "sharded_step.py", tmp_path_factory.mktemp("steps"), ",".join(QUANTIZATIONS)
-    launches = [[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                 str(free_port()), str(script), str(tiny_llama), str(work / "sharded"), which],
-                [sys.executable, str(script), str(tiny_llama), str(work / "single"), which, "--single"]]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cmd in launches]
-    for proc in procs:
-        stderr = proc.communicate(timeout=300)[1]
-        assert proc.returncode == 0, stderr[-3000:]
+    script, work, which = ROOT / "tests" / "sharded_step.py", tmp_path_factory.mktemp("steps"), list(QUANTIZATIONS)
+    ranks = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                              str(free_port()), str(script), str(tiny_llama), str(work / "sharded"), ",".join(which)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sharded_step.main(str(tiny_llama), str(work / "single"), which, single=True)
+    stderr = ranks.communicate(timeout=300)[1]
+    assert ranks.returncode == 0, stderr[-3000:]
     return work / "sharded", work / "single"
 
 
