@@ -16,7 +16,7 @@ def study_cmd(tiny_llama, shared_dir, out):
     return [sys.executable, str(ROOT / "scripts" / "study.py"), "--base_model", tiny_llama, "--out", out,
             "--alpaca", data / "alpaca_cleaned.sample.json", "--belle", data / "belle_cn.sample.json",
             "--cot_src", data / "flan_cot", "--belle_eval", data / "belle_eval" / "eval_set.json",
-            "--records_per_source", "16", "--cot_eval_per_dataset", "2", "--chinese_eval", "3",
+            "--records_per_source", "8", "--cot_eval_per_dataset", "2", "--chinese_eval", "3",
             "--belle_eval_records", "3", "--english_eval", "3", "--max_new_tokens", "6", "--num_epochs", "1",
             "--batch_size", "8", "--micro_batch_size", "8", "--cutoff_len", "128",
             "--lora_target_modules", "q_proj,v_proj"]
@@ -40,7 +40,7 @@ def test_study_runs_every_cell_resumes_after_a_kill_and_reports(tiny_llama, shar
     assert "== train alpaca-belle-cot" in second.stdout and "== evaluate base" in second.stdout
 
     manifest = json.loads((out / "data" / "manifest.json").read_text())
-    assert manifest["train_records"] == {"alpaca": 16, "belle": 16, "cot": 16}
+    assert manifest["train_records"] == {"alpaca": 8, "belle": 8, "cot": 8}
     train = [dedup.prompt_key(r) for name in ("alpaca", "belle", "cot")
              for r in json.loads((out / "data" / f"{name}.json").read_text(encoding="utf-8"))]
     for task in evaluation.TASKS:
