@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .throughput import gpu_sync
+
 START, END = "alpaca_cot.profile.start", "alpaca_cot.profile.end"
 DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 HOST_CATEGORIES = ("cpu_op", "user_annotation", "cuda_runtime", "cuda_driver")
@@ -100,10 +102,6 @@ def profiler_callback(steps: int, folder: Path, log=print):
 
     rank = int(os.environ.get("RANK", 0))  # global: two nodes' local ranks may share an output folder
 
-    def sync():
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
     class Profile(TrainerCallback):
         profiler = first = None
         done = False
@@ -128,14 +126,14 @@ def profiler_callback(steps: int, folder: Path, log=print):
             activities = [torch.profiler.ProfilerActivity.CPU]
             if torch.cuda.is_available():
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
-            sync()
+            gpu_sync()
             self.profiler = torch.profiler.profile(activities=activities)
             self.profiler.start()
             with torch.profiler.record_function(START):
                 pass
 
         def stop(self, recorded: int):
-            sync()
+            gpu_sync()
             with torch.profiler.record_function(END):
                 pass
             self.profiler.stop()

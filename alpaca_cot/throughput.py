@@ -63,6 +63,12 @@ def untimed_steps(accumulation: int, run_steps: int) -> int:
     return max(1, min(math.ceil(WARMUP_MICRO_BATCHES / accumulation), run_steps // 5))
 
 
+def gpu_sync():
+    """Wait for the GPU's queued work, where there is a GPU."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def throughput_callback(collator: CountingCollator, warmup_steps: int = None, accumulation: int = 1,
                         untimed_last: int = 0):
     """Steady-state training speed: tokens (all processes') and seconds (rank 0's) from the end of step
@@ -72,8 +78,8 @@ def throughput_callback(collator: CountingCollator, warmup_steps: int = None, ac
     from transformers import TrainerCallback
 
     def sync(gpu=True):
-        if gpu and torch.cuda.is_available():
-            torch.cuda.synchronize()
+        if gpu:
+            gpu_sync()
         return time.perf_counter(), collator.real_tokens, collator.padded_tokens
 
     class Throughput(TrainerCallback):

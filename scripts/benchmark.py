@@ -33,7 +33,7 @@ import torch
 
 from alpaca_cot import ROOT, cot
 from alpaca_cot.cli import UserError, as_list, run
-from alpaca_cot.throughput import WARMUP_MICRO_BATCHES, untimed_steps
+from alpaca_cot.throughput import WARMUP_MICRO_BATCHES, gpu_sync, untimed_steps
 
 LORA_FLOPS_PER_TOKEN_PER_PARAM = 4  # forward 2N + input gradients 2N; frozen weights get no gradient
 
@@ -161,11 +161,6 @@ def names(value) -> list[str]:
     return as_list(value)
 
 
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 # name -> Generator options. generate.py merges by default in 16-bit and compiles for long
 # --input_file runs (see its worth_compiling).
 GEN_VARIANTS = {"unmerged": dict(merge=False), "merged": dict(merge=True), "compiled": dict(merge=True, compile=True),
@@ -198,10 +193,10 @@ def generation(model: str, adapter: str, quantization: str = "none", out: str = 
         for batch in (1, 32):
             for _ in range(2):  # warm-up; with a static cache the first run of a shape compiles
                 gen.generate(prompts[:batch], **kwargs)
-            sync()
+            gpu_sync()
             t = time.perf_counter()
             gen.generate(prompts[:batch], **kwargs)
-            sync()
+            gpu_sync()
             seconds = time.perf_counter() - t
             row[f"batch{batch}"] = {"ms_per_token": round(1000 * seconds / new_tokens, 2),
                                     "tokens_per_s": round(batch * new_tokens / seconds, 1)}
@@ -437,11 +432,11 @@ def step_overhead_ms(model: Path, iters: int = 50, device: str = "cuda") -> floa
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     for i in range(iters + 5):
         if i == 5:
-            sync()
+            gpu_sync()
             t = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(params, 1.0).item()  # the Trainer reads the norm back for its log
         optimizer.step()
-    sync()
+    gpu_sync()
     return round(1000 * (time.perf_counter() - t) / iters, 3)
 
 
