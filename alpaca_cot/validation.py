@@ -1,0 +1,72 @@
+"""Validating the FLAN CoT scorer against people: a labelled sample of predictions, and the agreement.
+
+A sample is drawn from a study's per-record predictions, stratified by dataset, model and CoT trigger
+(`draw_sample`), split into batches. People read each output (they see the question and the output, not
+the gold answer nor the scorer's reading) and write down the answer they read, in the dataset's form, or
+`none` where the output gives no answer. `agreement` compares the scorer's `extract` with those readings.
+
+The sample, the labelling guide and the labels live in study/scoring-validation/ (its README says who
+labelled what); tests/test_scoring.py fails if the scorer agrees with fewer than 97% of the readings.
+"""
+
+import random
+from pathlib import Path
+
+from . import scoring
+from .data import parse
+
+FIELDS = ("sample_id", "batch", "model", "id", "cot_trigger", "dataset", "instruction", "output", "gold")
+
+
+def draw_sample(predictions: dict, per_stratum: int, batches: tuple[str, ...], seed: int = 0) -> list[dict]:
+    """predictions: {model: rows}. From every (dataset, model, trigger) stratum, len(batches) x per_stratum
+    CoT rows drawn with seed; the first per_stratum go to batches[0], the next to batches[1], and so on."""
+    rng = random.Random(seed)
+    sample = []
+    strata = {}
+    for model, rows in predictions.items():
+        for r in rows:
+            if r["task"] == "cot":
+                strata.setdefault((r["dataset"], model, r["cot_trigger"]), []).append(r)
+    for (dataset, model, trigger) in sorted(strata):
+        rows = sorted(strata[(dataset, model, trigger)], key=lambda r: r["id"])
+        picked = rng.sample(rows, per_stratum * len(batches))
+        for k, r in enumerate(picked):
+            sample.append({"batch": batches[k // per_stratum], "model": model, "id": r["id"],
+                           "cot_trigger": trigger, "dataset": dataset, "instruction": r["instruction"],
+                           "output": r["output"], "gold": r["gold"]})
+    order = list(range(len(sample)))
+    rng.shuffle(order)  # labellers see the strata mixed, not model after model
+    sample = [sample[i] for i in order]
+    return [dict(r, sample_id=f"s{i:03d}") for i, r in enumerate(sample)]
+
+
+def read_labels(path) -> dict:
+    """{sample_id: reading} from a JSONL of {"sample_id", "reading", ...}; a reading of "none" is None."""
+    labels = {}
+    for place, raw in parse(Path(path)):
+        reading = raw["reading"]
+        labels[raw["sample_id"]] = None if reading in (None, "none") else str(reading)
+    return labels
+
+
+def canonical(reading: str | None, dataset: str, question: str) -> str | None:
+    """A person's reading in the scorer's canonical form ("(B)" -> "B", "$1,250" -> "1250")."""
+    if reading is None:
+        return None
+    return scoring.gold(reading, dataset, question)
+
+
+def agreement(sample: list[dict], labels: dict) -> dict:
+    """The share of labelled rows where the scorer reads what the person read, with every disagreement."""
+    rows = [r for r in sample if r["sample_id"] in labels]
+    disagreements = []
+    for r in rows:
+        person = canonical(labels[r["sample_id"]], r["dataset"], r["instruction"])
+        scorer, method = scoring.extract(r["output"], r["dataset"], r["instruction"])
+        if person != scorer:
+            disagreements.append({"sample_id": r["sample_id"], "dataset": r["dataset"], "person": person,
+                                  "scorer": scorer, "method": method, "output": r["output"][:300]})
+    n = len(rows)
+    return {"n": n, "agree": n - len(disagreements), "share": round((n - len(disagreements)) / n, 4) if n else None,
+            "disagreements": disagreements}
