@@ -2,7 +2,7 @@
 
 Three kinds of item, each a record of an evaluation file:
 - cot: FLAN CoT questions with a gold answer (`format_cot.py --holdout` writes them); each is asked
-  twice, without and with the CoT trigger, and scored by answer accuracy (scoring.extract);
+  twice, without and with the CoT trigger, and scored by answer accuracy (reading.extract);
 - chinese: Chinese instructions (BELLE records, or Belle-eval's question/std_answer/class), scored by
   the share of non-empty answers written in Chinese and, where the reference has a number, by
   agreement of the final number;
@@ -14,7 +14,7 @@ the same summary without a model.
 import json
 from pathlib import Path
 
-from . import scoring
+from . import reading, scoring
 from .cli import UserError
 from .data import parse
 
@@ -43,9 +43,9 @@ def load_items(path, task: str, limit: int | None = None) -> list[dict]:
         if task == "cot":
             item["dataset"] = _field(path, place, raw, "dataset")
             item["gold"] = _field(path, place, raw, "answer")
-            if scoring.gold(item["gold"], item["dataset"], item["instruction"]) is None:
+            if reading.gold(item["gold"], item["dataset"], item["instruction"]) is None:
                 raise UserError(f"{path}: {place}: field 'answer' {item['gold']!r} is not a "
-                                f"{scoring.KINDS.get(item['dataset'], 'number')} answer")
+                                f"{reading.KINDS.get(item['dataset'], 'number')} answer")
         else:
             item["dataset"] = str(raw.get("dataset") or raw.get("class") or path.stem).replace("\u00a0", " ")
             # Open-ended Chinese items (Belle-eval's brainstorming, say) have no reference: only ROUGE needs one.
@@ -73,9 +73,9 @@ def score_row(row: dict) -> dict:
     row = {k: v for k, v in row.items() if k not in ("extracted", "method", "correct", "chinese", "english",
                                                        "words", "rouge_l", "final_number_match")}
     if task == "cot":
-        got, method = scoring.extract(out, row["dataset"], row["instruction"])
+        got, method = reading.extract(out, row["dataset"], row["instruction"], row.get("finished", True))
         row.update(extracted=got, method=method,
-                   correct=got is not None and got == scoring.gold(row["gold"], row["dataset"], row["instruction"]))
+                   correct=got is not None and got == reading.gold(row["gold"], row["dataset"], row["instruction"]))
     elif task == "chinese":
         want = scoring.final_number(row["gold"])
         row.update(chinese=bool(out.strip()) and scoring.is_chinese(out),

@@ -12,7 +12,7 @@ labelled what); tests/test_scoring.py fails if the scorer agrees with fewer than
 import random
 from pathlib import Path
 
-from . import scoring
+from . import reading
 from .data import parse
 
 FIELDS = ("sample_id", "batch", "model", "id", "cot_trigger", "dataset", "instruction", "output", "gold")
@@ -45,16 +45,16 @@ def read_labels(path) -> dict:
     """{sample_id: reading} from a JSONL of {"sample_id", "reading", ...}; a reading of "none" is None."""
     labels = {}
     for place, raw in parse(Path(path)):
-        reading = raw["reading"]
-        labels[raw["sample_id"]] = None if reading in (None, "none") else str(reading)
+        said = raw["reading"]
+        labels[raw["sample_id"]] = None if said in (None, "none") else str(said)
     return labels
 
 
-def canonical(reading: str | None, dataset: str, question: str) -> str | None:
+def canonical(answer: str | None, dataset: str, question: str) -> str | None:
     """A person's reading in the scorer's canonical form ("(B)" -> "B", "$1,250" -> "1250")."""
-    if reading is None:
+    if answer is None:
         return None
-    return scoring.gold(reading, dataset, question)
+    return reading.gold(answer, dataset, question)
 
 
 def agreement(sample: list[dict], labels: dict) -> dict:
@@ -63,7 +63,7 @@ def agreement(sample: list[dict], labels: dict) -> dict:
     disagreements = []
     for r in rows:
         person = canonical(labels[r["sample_id"]], r["dataset"], r["instruction"])
-        scorer, method = scoring.extract(r["output"], r["dataset"], r["instruction"])
+        scorer, method = reading.extract(r["output"], r["dataset"], r["instruction"], r.get("finished", True))
         if person != scorer:
             disagreements.append({"sample_id": r["sample_id"], "dataset": r["dataset"], "person": person,
                                   "scorer": scorer, "method": method, "output": r["output"][:300]})

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from alpaca_cot import ROOT, cot, evaluation, scoring
+from alpaca_cot import ROOT, cot, evaluation, reading, scoring
 from conftest import one_error_line, run_python
 
 DATASETS = ("aqua", "creak", "ecqa", "gsm8k", "qasc", "sensemaking", "strategyqa")
@@ -26,11 +26,43 @@ ECQA_Q = "Where is a good place to keep a city map?\nOptions:\n- city\n- city ha
     ("ecqa", ECQA_Q, "The answer is glove box. A city hall has maps too.", "glove box"),
     ("gsm8k", "", "She pays $1,250.50 in total. The answer is $1,250.50.", "1250.5"),
     ("gsm8k", "", "3 pens x 4 = 12, 12 + 5 = 17", "17"),  # no phrase: the last number
-    ("strategyqa", "", "Yes, it can. No one doubts it.", None),
+    ("strategyqa", "", "Yes, it can. No one doubts it.", "yes"),  # "No one" is not the answer "no"
     ("gsm8k", "", "I don't know.", None),
+    # The cases of the review (issue 19): statements answering yes/no questions,
+    ("strategyqa", "Is Matt Damon afraid of parachuting?", "Matt Damon is not afraid of parachuting.", "no"),
+    ("strategyqa", "Is University of Pittsburgh easier to enter than FBI?",
+     "University of Pittsburgh is easier to enter than the FBI.", "yes"),
+    ("creak", 'Is the following statement true?\n"E.T. did not make the top ten."', "E.T. did not make the top ten.",
+     "yes"),  # restating a negated claim affirms it
+    ("creak", 'Claim: "The Klingon Empire lost a war."\nIs the claim above correct?', "The claim is incorrect.", "no"),
+    ("strategyqa", "Are aggressive bumblebees suicidal?", "Aggressive bumblebees can be very destructive.", None),
+    # an off-list final answer is no answer, not an option the reasoning named,
+    ("ecqa", ECQA_Q, "A city hall has maps. So, the answer is library.", None),
+    ("aqua", AQUA_Q, "Each part is 31 inches. The answer is 35 inches.", None),
+    # numbers of the working are not the answer, and "A" as an article is not option (A).
+    ("aqua", AQUA_Q, "A board of 93 inches split in 3 is 31 inches each, so 32 inches is wrong and it is long.", None),
+    ("aqua", AQUA_Q, "A board is cut. (B)", "B"),
+    ("gsm8k", "", "He had 100 + 350 = 550 pencils at the end.", "550"),
+    ("gsm8k", "", "It would consume 7.2 kilowatts if used for 6 hours a day for 5 days.", "7.2"),
+    ("gsm8k", "", "1. First find the pens.\n2. Then find the total.", None),  # steps that reach no result
+    ("gsm8k", "", "1. 7.2 kilowatts.\n2. 10 kilowatts.", None),  # alternatives
+    ("gsm8k", "", "So, 1/4 of the oil would be needed.", None),  # a fraction of something is no number of litres
+    ("sensemaking", 'Which one does not make sense?\nOptions:\n- Sentence A: "She went home to buy groceries"\n'
+     '- Sentence B: "She went to the store tobuy groceries"', "She went to the store to buy groceries.", "Sentence B"),
+    ("ecqa", "What do you need before you can dream?\nOptions:\n- set goals\n- got to sleep\n- fall asleep",
+     "So, the answer is get to sleep.", "got to sleep"),  # a slip in a stated option
 ])
 def test_extraction_rules(dataset, question, output, expected):
-    assert scoring.extract(output, dataset, question)[0] == expected
+    assert reading.extract(output, dataset, question)[0] == expected
+
+
+def test_a_cut_off_output_reads_no_number_and_no_unsettled_answer():
+    looping = "20% of 20 = 4. 40% of 20 = 8. 16 = 20 * 20 = 40. 40 = 20 * 20 = 40. 40 = 20 * 20 ="
+    assert reading.extract(looping, "gsm8k", "", finished=False) == (None, "cut_off")
+    assert reading.extract(looping, "gsm8k", "", finished=True)[0] == "40"
+    flip = "The answer is no. The statement is not true.\n\nThe answer is yes. The statement is true. The"
+    assert reading.extract(flip, "creak", "", finished=False) == (None, "unsettled")
+    assert reading.extract(flip, "creak", "", finished=True) == ("yes", "phrase")
 
 
 def test_language_and_numbers():
@@ -44,11 +76,11 @@ def test_language_and_numbers():
 
 def wrong_answer(dataset, question, answer):
     """Another answer of the same form, rendered as FLAN writes it."""
-    kind, right = scoring.KINDS[dataset], scoring.gold(answer, dataset, question)
+    kind, right = reading.KINDS[dataset], reading.gold(answer, dataset, question)
     if kind == "letter":
-        return next(f"({k})" for k in scoring.options(question) if k != right)
+        return next(f"({k})" for k in reading.options(question) if k != right)
     if kind == "option":
-        return next(v for v in scoring.options(question) if v != right)
+        return next(v for v in reading.options(question) if v != right)
     if kind == "yes_no":
         return "no" if right == "yes" else "yes"
     if kind == "sentence":
@@ -65,12 +97,12 @@ def test_every_real_row_gold_is_right_and_wrong_is_wrong(shared_dir, style):
         rows = cot.read_tsv(shared_dir / "data" / "flan_cot" / f"{dataset}_train.tsv", style)
         for i, (question, answer, chain) in enumerate(rows):
             target = templates[dataset][i % len(templates[dataset])][1]
-            right = scoring.gold(answer, dataset, question)
+            right = reading.gold(answer, dataset, question)
             assert right is not None, (dataset, i)
-            assert scoring.extract(target.format(chain_of_thought=chain, answer=answer), dataset, question) == \
+            assert reading.extract(target.format(chain_of_thought=chain, answer=answer), dataset, question) == \
                 (right, "phrase"), (dataset, i)
             wrong = target.format(chain_of_thought=chain, answer=wrong_answer(dataset, question, answer))
-            assert scoring.extract(wrong, dataset, question)[0] != right, (dataset, i)
+            assert reading.extract(wrong, dataset, question)[0] != right, (dataset, i)
 
 
 @pytest.fixture(scope="module")
