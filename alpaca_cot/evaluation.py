@@ -120,18 +120,31 @@ def summarize(rows: list[dict]) -> dict:
     return summary
 
 
+def with_shots(items: list[dict], shots: dict) -> list[dict]:
+    """CoT items with their dataset's few-shot exemplars (FLAN-formatted training records) as `context`,
+    asked before the question; the question itself, which scoring reads the options from, is unchanged."""
+    if not shots:
+        return items
+    blocks = {d: "\n\n".join(f"{r['instruction']}\n{r['output']}" for r in records) for d, records in shots.items()}
+    return [dict(i, context=blocks[i["dataset"]]) if i["task"] == "cot" and i["dataset"] in blocks else i
+            for i in items]
+
+
 def generate_rows(generator, rows: list[dict], batch_size: int, decoding: dict, progress=None) -> list[dict]:
-    """Answers every row, batching prompts of similar length (less padding), in the rows' order."""
-    prompts = [generator.prompt(r["instruction"], r["input"], r["cot_trigger"]) for r in rows]
+    """Answers every row, batching prompts of similar length (less padding), in the rows' order; each row
+    records whether its answer ended by itself (`finished`) or at the token limit."""
+    asked = [f"{r['context']}\n\n{r['instruction']}" if r.get("context") else r["instruction"] for r in rows]
+    prompts = [generator.prompt(q, r["input"], r["cot_trigger"]) for q, r in zip(asked, rows)]
     order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
     outputs = [None] * len(rows)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        for i, answer in zip(chunk, generator.generate([prompts[i] for i in chunk], **decoding)):
+        for i, answer in zip(chunk, generator.complete([prompts[i] for i in chunk], **decoding)):
             outputs[i] = answer
         if progress:
             progress.update(len(chunk))
-    return [score_row(dict(r, prompt=p, output=o)) for r, p, o in zip(rows, prompts, outputs)]
+    return [score_row(dict({k: v for k, v in r.items() if k != "context"}, prompt=p, output=o, finished=f,
+                           output_tokens=n)) for r, p, (o, f, n) in zip(rows, prompts, outputs)]
 
 
 def percent(value) -> str:

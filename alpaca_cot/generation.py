@@ -121,14 +121,28 @@ class Generator:
                 raise UserError(f"{where} is {length} tokens with the prompt template; with --max_new_tokens "
                                 f"{max_new_tokens} that exceeds the model's context of {context} tokens")
 
-    @torch.inference_mode()
     def generate(self, prompts: list[str], **decoding) -> list[str]:
         """Answers for a batch of prompts (left-padded), in order."""
+        return [answer for answer, _, _ in self.complete(prompts, **decoding)]
+
+    @torch.inference_mode()
+    def complete(self, prompts: list[str], **decoding) -> list[tuple[str, bool, int]]:
+        """(answer, finished, tokens generated) for a batch of prompts: finished when the model ended the answer
+        itself (EOS, or the template's next turn), not the --max_new_tokens limit."""
         self.check_fits(prompts, decoding.get("max_new_tokens", 0))
         batch = self._batch(prompts)
         out = self.model.generate(**batch, **self._decoding(decoding))
         new = out[:, batch["input_ids"].shape[1]:]
-        return [self.prompter.answer(self.tokenizer.decode(row, skip_special_tokens=True)) for row in new]
+        stops = set(self.model.generation_config.eos_token_id)
+        results = []
+        for row in new.tolist():
+            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            answer = self.prompter.answer(text)
+            ended = next((i for i, t in enumerate(row) if t in stops), None)
+            made = row if ended is None else row[:ended + 1]
+            results.append((answer, ended is not None or answer != text.strip(),
+                            sum(t != self.tokenizer.pad_token_id or t in stops for t in made)))
+        return results
 
     def stream(self, prompt: str, **decoding):
         """Yields the answer piece by piece as tokens come (greedy or sampling; not beams). Stopping early

