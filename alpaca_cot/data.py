@@ -11,6 +11,7 @@ its own generator seeded from --seed and the file name, so a mixture is the same
 source's draw does not change when another is added. Every step logs its counts per source.
 """
 
+import gzip
 import json
 import random
 from pathlib import Path
@@ -33,14 +34,20 @@ def _loads(text: str, path: Path, place: str = ""):
 
 
 def parse(path: Path) -> list[tuple[str, object]]:
-    """The raw records of one file, each with its place ('record 3' or 'line 4') for messages."""
+    """The raw records of one file, each with its place ('record 3' or 'line 4') for messages; a `.gz` file
+    is read through gzip (the study keeps its predictions as .jsonl.gz)."""
+    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not an error
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8-sig") as f:
+                text = f.read()
+        else:
+            text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not an error
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
-    if path.suffix != ".jsonl":
+    except (OSError, EOFError) as e:  # gzip's BadGzipFile is an OSError; a cut-off one an EOFError
+        raise UserError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    if Path(path.stem if path.suffix == ".gz" else path.name).suffix != ".jsonl":
         try:
             obj = _loads(text, path)
         except json.JSONDecodeError as e:

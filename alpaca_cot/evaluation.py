@@ -190,12 +190,23 @@ def read_predictions(path) -> list[dict]:
     return rows
 
 
-def write(rows: list[dict], summary: dict, out_dir, title: str):
-    """predictions.jsonl, summary.json and summary.md in out_dir, each written whole or not at all."""
-    from .io import atomic_open, write_jsonl_atomic
+def predictions_file(out_dir) -> Path:
+    """An evaluation's predictions: predictions.jsonl, or the study's compressed predictions.jsonl.gz."""
+    plain = Path(out_dir) / "predictions.jsonl"
+    return plain if plain.is_file() or not plain.with_suffix(".jsonl.gz").is_file() else plain.with_suffix(".jsonl.gz")
+
+
+def write(rows: list[dict], summary: dict, out_dir, title: str, compress: bool = False):
+    """predictions.jsonl (compress: predictions.jsonl.gz, replacing the plain one), summary.json and summary.md
+    in out_dir, each written whole or not at all."""
+    from .io import atomic_open, write_jsonl_atomic, write_jsonl_gz_atomic
 
     out_dir = Path(out_dir)
-    write_jsonl_atomic(rows, out_dir / "predictions.jsonl")
+    if compress:
+        write_jsonl_gz_atomic(rows, out_dir / "predictions.jsonl.gz")
+        (out_dir / "predictions.jsonl").unlink(missing_ok=True)
+    else:
+        write_jsonl_atomic(rows, out_dir / "predictions.jsonl")
     with atomic_open(out_dir / "summary.json") as f:
         json.dump(summary, f, indent=2, ensure_ascii=False)
     with atomic_open(out_dir / "summary.md") as f:

@@ -45,8 +45,8 @@ def check_output_file(path, flag: str = "--output_file"):
 
 
 @contextmanager
-def atomic_open(path):
-    """Write to a temp file beside path, renamed onto path only if the block ends without error."""
+def atomic_open(path, mode: str = "w"):
+    """Write to a temp file beside path, renamed onto path only if the block ends without error ("wb": binary)."""
     path = Path(path)
     check_output_file(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,7 @@ def atomic_open(path):
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with sigterm_as_exit():
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
+            with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
                 yield f
             os.replace(tmp, path)
         finally:
@@ -78,3 +78,11 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_jsonl_gz_atomic(records, path):
+    """JSON Lines, gzip-compressed with no timestamp (the same records give the same bytes), written atomically."""
+    import gzip
+
+    with atomic_open(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:
+        z.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))

@@ -56,7 +56,7 @@ EXPLORATORY = (
 
 def load_rows(out: Path, config: dict) -> dict:
     """{model: scored rows}, model as study.models names them ("base", "alpaca/seed-1", ...)."""
-    return {m: [evaluation.score_row(r) for r in evaluation.read_predictions(out / "results" / m / "predictions.jsonl")]
+    return {m: [evaluation.score_row(r) for r in evaluation.read_predictions(evaluation.predictions_file(out / "results" / m))]
             for m in study.models(config)}
 
 
@@ -156,8 +156,8 @@ def write_report(out: Path, config: dict, manifest: dict):
     environment = json.loads((out / "environment.json").read_text())
     timings = json.loads((out / "timings.json").read_text())
     rows = load_rows(out, config)
-    for model, model_rows in rows.items():  # the per-model files follow the current scoring rules too
-        evaluation.write(model_rows, evaluation.summarize(model_rows), out / "results" / model, model)
+    for model, model_rows in rows.items():  # the per-model files follow the current scoring rules too, compressed
+        evaluation.write(model_rows, evaluation.summarize(model_rows), out / "results" / model, model, compress=True)
     train = {m: json.loads((out / "adapters" / m / "train_summary.json").read_text()) for m in study.models(config)
              if m != "base"}
     results = {"mixes": aggregate(rows, config), "comparisons": comparisons(rows, config),

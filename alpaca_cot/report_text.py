@@ -68,6 +68,10 @@ def _setup(config, manifest, environment) -> list[str]:
     ]
 
 
+def _p(value: float) -> str:
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
 def _comparisons(found: list[dict], family: str) -> list[str]:
     holm = family == "primary"
     lines = ["| comparison | from → to | difference (points) | 95% interval | p" + (" | Holm p" if holm else "")
@@ -77,8 +81,8 @@ def _comparisons(found: list[dict], family: str) -> list[str]:
         if f["family"] != family:
             continue
         cells = [f["label"], f"{f['a']} → {f['b']}", f"{100 * f['diff']:+.1f}",
-                 f"[{100 * f['low']:+.1f}, {100 * f['high']:+.1f}]", f"{f['p']:.3f}"]
-        cells += [f"{f['p_holm']:.3f}"] if holm else []
+                 f"[{100 * f['low']:+.1f}, {100 * f['high']:+.1f}]", _p(f["p"])]
+        cells += [_p(f["p_holm"])] if holm else []
         cells += [f"{100 * f['mde']:.1f}", ", ".join(f"{100 * v:+.1f}" for v in f["per_seed"]), f["verdict"]]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -174,6 +178,14 @@ def _plan(train, rows, config) -> list[str]:
         "generated-token count is this run's."]
 
 
+def _untimed(config, timings) -> list[str]:
+    missing = [f"{step} {study.model_name(mix, seed)}" for step, mix, seed in study.cells(config)
+               if f"{step} {study.model_name(mix, seed)}" not in timings]
+    return [f"Cells run at once (--workers) each count their own seconds. No time was recorded for "
+            f"{', '.join(missing)}: they finished in a run whose process stopped before it recorded them.", ""] \
+        if missing else []
+
+
 def render(config, manifest, environment, timings, train, results, scorer, figures, rows) -> str:
     found = results["comparisons"]
     mixes = config["mixes"]
@@ -206,6 +218,6 @@ def render(config, manifest, environment, timings, train, results, scorer, figur
              "in an order shuffled with the evaluation seed, on which the two answers score differently.", "",
              *qualitative, "## LLaMA-7B: the same grid in GPU-hours", "", *_plan(train, rows, config), "",
              "## Time", "", "| cell | seconds |", "|---|---:|", *[f"| {k} | {v} |" for k, v in timings.items()],
-             f"| total | {sum(timings.values()):.0f} |", ""]
+             f"| total | {sum(timings.values()):.0f} |", "", *_untimed(config, timings)]
     return "\n".join(lines)
 

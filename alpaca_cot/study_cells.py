@@ -68,9 +68,9 @@ def environment(base_model_path: str) -> dict:
     import transformers
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.machine()})"
-    # A copy of the tree without its .git (a lent GPU machine's) names its commit in ALPACA_COT_COMMIT.
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() \
-        or os.environ.get("ALPACA_COT_COMMIT", "")
+    # A copy of the tree whose .git is missing or stale (a lent GPU machine's) names its commit in ALPACA_COT_COMMIT.
+    commit = os.environ.get("ALPACA_COT_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return {"commit": commit or "unknown", "versions": f"python {platform.python_version()}, torch {torch.__version__}, "
             f"transformers {transformers.__version__}, peft {peft.__version__}", "device": device,
             "base_model_path": base_model_path, "kernels": "transformers' own in every cell (no Liger)"}
