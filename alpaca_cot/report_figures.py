@@ -29,8 +29,9 @@ def _cot(plt, results: dict, manifest: dict, out: Path) -> str:
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels, rotation=30)
         ax.set_title("FLAN CoT accuracy, " + ("with the CoT trigger" if metric == "cot_trigger" else "no trigger"))
         ax.set_ylabel("% correct")
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(out / "cot_accuracy.png", dpi=110)
     return "cot_accuracy.png"
 
@@ -56,7 +57,7 @@ def _language(plt, results: dict, out: Path) -> str:
 
 def _forest(plt, results: dict, out: Path) -> str:
     found = results["comparisons"]
-    fig, ax = plt.subplots(figsize=(9, 0.34 * len(found) + 1.2))
+    fig, ax = plt.subplots(figsize=(11, 0.34 * len(found) + 1.2))
     for y, f in enumerate(reversed(found)):
         color = "tab:blue" if f["family"] == "primary" else "tab:gray"
         ax.errorbar(100 * f["diff"], y, xerr=[[100 * (f["diff"] - f["low"])], [100 * (f["high"] - f["diff"])]],

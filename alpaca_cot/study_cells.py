@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from . import ROOT, evaluation
+from .cli import UserError
 from .io import write_json_atomic
 from .study import cells, done, model_name
 
@@ -96,13 +97,15 @@ def run_cells(out: Path, base_model: str, config: dict, workers: int = 1, log=pr
         write_json_atomic(timings, timings_path)
         bar.update(1)
 
-    if workers <= 1:
-        for cell in todo:
-            log(f"== {cell[0]} {model_name(*cell[1:])}")
-            finished(cell, run_cell(out, *cell, base_model, config))
-    else:
-        _run_parallel(out, todo, base_model, config, workers, finished, log)
-    bar.close()
+    try:
+        if workers <= 1:
+            for cell in todo:
+                log(f"== {cell[0]} {model_name(*cell[1:])}")
+                finished(cell, run_cell(out, *cell, base_model, config))
+        else:
+            _run_parallel(out, todo, base_model, config, workers, finished, log)
+    finally:
+        bar.close()  # before any error line, which then starts a line of its own
 
 
 def _run_parallel(out, todo, base_model, config, workers, finished, log):
@@ -112,16 +115,28 @@ def _run_parallel(out, todo, base_model, config, workers, finished, log):
     def ready(cell):  # an evaluation needs its adapter
         return cell[0] == "train" or cell[1] == "base" or done(out, "train", cell[1], cell[2])
 
-    waiting, running = list(todo), {}
+    waiting, running, failed = list(todo), {}, []
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
         while waiting or running:
-            for cell in [c for c in waiting if ready(c)][:max(0, workers - len(running))]:
+            # After a failure no new cell starts; those running finish, so that no finished work is lost.
+            for cell in [c for c in waiting if ready(c) and not failed][:max(0, workers - len(running))]:
                 waiting.remove(cell)
                 log_file = out / "logs" / f"{cell[0]}-{model_name(*cell[1:]).replace('/', '-')}.log"
                 log(f"== {cell[0]} {model_name(*cell[1:])} (log: {log_file})")
                 running[pool.submit(run_cell, out, *cell, base_model, config, log_file)] = cell
             if not running:
+                if failed:
+                    break
                 raise RuntimeError(f"cells wait for adapters that no cell trains: {waiting}")
             finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished_now:
-                finished(running.pop(future), future.result())
+                cell = running.pop(future)
+                if future.exception() is None:
+                    finished(cell, future.result())
+                else:
+                    failed.append((cell, future.exception()))
+    if failed:
+        (step, mix, seed), error = failed[0]
+        raise UserError(f"{step} {model_name(mix, seed)} failed ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                        f"see its log in {out / 'logs'}. Run the study again to continue"
+                        + (" (with fewer --workers if the GPU ran out of memory)" if "memory" in str(error) else ""))

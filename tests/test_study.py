@@ -79,3 +79,16 @@ def test_study_runs_every_cell_resumes_after_a_kill_and_reports(tiny_llama, shar
 
     again = run_python(*cmd[1:-2], "--lora_target_modules", "q_proj", timeout=120)
     assert again.returncode == 2 and "other settings (training)" in only_error(again)
+
+
+def test_a_failing_cell_lets_the_running_ones_finish_and_fails_in_one_line(tiny_llama, shared_dir, tmp_path):
+    """With workers, a cell that fails (here: a cutoff shorter than the prompt template) stops new cells from
+    starting; the base model's evaluation, already running beside it, still finishes and is kept."""
+    cmd = [str(c) for c in study_cmd(tiny_llama, shared_dir, tmp_path / "study")]
+    cmd[cmd.index("--cutoff_len") + 1] = "8"
+    cmd[cmd.index("--seeds") + 1], cmd[cmd.index("--mixes") + 1] = "1", "alpaca"
+    r = run_python(*cmd[1:], "--workers", "2", timeout=300)
+    assert r.returncode == 2
+    assert only_error(r).startswith("error: train alpaca/seed-1 failed (UserError: --cutoff_len 8 is smaller")
+    assert (tmp_path / "study" / "results" / "base" / "summary.json").is_file()
+    assert not (tmp_path / "study" / "report.md").exists()
