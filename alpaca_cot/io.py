@@ -84,5 +84,5 @@ def write_jsonl_gz_atomic(records, path):
     """JSON Lines, gzip-compressed with no timestamp (the same records give the same bytes), written atomically."""
     import gzip
 
-    with atomic_open(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:
+    with atomic_open(path, "wb") as f, gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as z:
         z.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))

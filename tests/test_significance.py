@@ -68,3 +68,17 @@ def test_shots_come_from_training_rows_and_precede_the_question(shared_dir, tmp_
         i for i in items if i["dataset"] == "gsm8k")["instruction"]
     assert manifest["chance"]["uniform"]["all"] == pytest.approx(
         sum(chance.uniform(i) for i in items) / len(items), abs=1e-4)
+
+
+def test_compressed_predictions_are_the_same_bytes_each_time(tmp_path):
+    """The study's predictions.jsonl.gz: no timestamp nor temporary name in the header, so writing the same
+    rows again changes no committed byte; data.parse reads it back."""
+    from alpaca_cot import data
+    from alpaca_cot.io import write_jsonl_gz_atomic
+
+    rows = [{"task": "cot", "output": "So the answer is (B).", "n": i} for i in range(3)]
+    write_jsonl_gz_atomic(rows, tmp_path / "a.jsonl.gz")
+    first = (tmp_path / "a.jsonl.gz").read_bytes()
+    write_jsonl_gz_atomic(rows, tmp_path / "a.jsonl.gz")
+    assert (tmp_path / "a.jsonl.gz").read_bytes() == first
+    assert [r for _, r in data.parse(tmp_path / "a.jsonl.gz")] == rows
