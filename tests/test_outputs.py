@@ -1,0 +1,236 @@
+"""The output rule (alpaca_cot/outputs.py, alpaca_cot/io.py) and every case of issue 20 it closes: nothing
+overwritten, nothing half-written, one line instead of a traceback, nothing silent. Scripts run in this process
+(cli.run as their command line runs it), on the tiny LLaMA; only a kill -9 needs a child process."""
+
+import errno
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from alpaca_cot import adapters, catalog, cli, io, outputs
+from alpaca_cot.cli import UserError
+from alpaca_cot.outputs import Output, check_outputs
+from conftest import ROOT, error_lines
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RECORDS = [{"instruction": f"Say the number {i}.", "input": "", "output": f"{i}"} for i in range(8)]
+ENOSPC = OSError(errno.ENOSPC, "No space left on device")
+
+
+# ---- helpers ----
+
+@cache
+def script(name: str):
+    """scripts/<name>.py (or generate.py) as a module."""
+    path = ROOT / (f"{name}.py" if name == "generate" else f"scripts/{name}.py")
+    spec = importlib.util.spec_from_file_location(f"outputs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_cli(fn, argv, monkeypatch, capsys) -> tuple[int, str]:
+    """fn as its script runs it (cli.run: flags checked, UserError -> one line): the exit code and stderr."""
+    monkeypatch.setattr(sys, "argv", ["script", *map(str, argv)])
+    code = 0
+    try:
+        cli.run(fn)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def one_line(code, err, *words) -> str:
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    lines = error_lines(err)
+    assert len(lines) == 1 and all(str(w) in lines[0] for w in words), (words, err[-3000:])
+    return lines[0]
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def full_disk(monkeypatch, free: int = 1 << 20):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 40, (1 << 40) - free, free))
+
+
+class FailingFile:
+    """A file whose writes fail as on a full disk."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writelines = write
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def disk_fills_up(monkeypatch):
+    """io's atomic writes meet a full disk on their first write."""
+    monkeypatch.setattr(io, "open", lambda *a, **k: FailingFile(open(*a, **k)), raising=False)
+
+
+@pytest.fixture(scope="module")
+def read_only() -> Path:
+    """A folder nobody can write in, root included: sysfs."""
+    if not Path("/sys").is_mount():
+        pytest.skip("no sysfs at /sys: no folder that is read-only for root")
+    return Path("/sys/alpaca-cot-test")
+
+
+@pytest.fixture
+def data_file(tmp_path) -> Path:
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(RECORDS))
+    return path
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, tiny_llama) -> Path:
+    """An untrained LoRA adapter for the tiny LLaMA, saved as finetune saves one (with the tokenizer)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from alpaca_cot import models
+
+    folder = tmp_path_factory.mktemp("outputs-adapter") / "adapter"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_llama)),
+                           LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj", "v_proj"]))
+    adapters.save_adapter(model, models.load_tokenizer(str(tiny_llama)), folder)
+    return folder
+
+
+def tsv_dir(tmp_path, shared_dir) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "creak_train.tsv").write_text("".join((shared_dir / "data" / "flan_cot" / "creak_train.tsv").read_text(
+        encoding="utf-8").splitlines(keepends=True)[:20]), encoding="utf-8")
+    return src
+
+
+# ---- the rule itself ----
+
+def test_an_output_may_not_be_contain_or_lie_inside_an_input(tmp_path):
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    data = tmp_path / "data.json"
+    data.write_text("[]")
+    inputs = [("--data", data), ("--base_model", tmp_path / "models" / "base")]
+    for out, kind, words in ((data, "json", "is the input --data"), (tmp_path / "models", "folder", "contains the input"),
+                             (tmp_path / "models" / "base" / "x.json", "json", "lies inside the input --base_model"),
+                             (tmp_path / "link.json", "json", "is the input --data")):
+        if out.name == "link.json":
+            out.symlink_to(data)  # the same file through a link
+        with pytest.raises(UserError, match=words):
+            check_outputs([Output(out, "--out", kind)], inputs)
+    with pytest.raises(UserError, match="is also --eval_out"):
+        check_outputs([Output(tmp_path / "a.json", "--eval_out", "json"), Output(tmp_path / "a.json", "--out", "json")])
+    assert data.read_text() == "[]"
+
+
+def test_an_existing_output_needs_overwrite_and_must_be_ours(tmp_path):
+    cases = {"json": ('[{"a": 1}]', "not JSON"), "jsonl": ('{"a": 1}\n{"b": 2}\n', "[1, 2]\n"),
+             "text": ("# a report\n", b"\x00\x01binary")}
+    for kind, (ours, foreign) in cases.items():
+        path = tmp_path / f"out.{kind}"
+        path.write_text(ours)
+        with pytest.raises(UserError, match="already exists; pass --overwrite to replace it"):
+            check_outputs([Output(path, "--out", kind)])
+        check_outputs([Output(path, "--out", kind)], overwrite=True)
+        path.write_bytes(foreign if isinstance(foreign, bytes) else foreign.encode())
+        with pytest.raises(UserError, match="as this script writes; --overwrite replaces only that"):
+            check_outputs([Output(path, "--out", kind)], overwrite=True)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    check_outputs([Output(folder, "--out", "folder", marker=io.MARKER)])  # empty: nothing to lose
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"not a folder this script wrote \(no .alpaca-cot.json\)"):
+        check_outputs([Output(folder, "--out", "folder", marker=io.MARKER)], overwrite=True)
+    (folder / io.MARKER).write_text("{}")
+    check_outputs([Output(folder, "--out", "folder", marker=io.MARKER)], overwrite=True)
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "x").write_text("")
+    with pytest.raises(UserError, match="is not empty and is not a study folder"):
+        check_outputs([Output(tmp_path / "study", "--out", "folder", marker="config.json", existing="continue")],
+                      what="a study folder")
+
+
+def test_writability_and_room_are_checked_first(tmp_path, read_only, monkeypatch):
+    with pytest.raises(UserError, match=f"--out {read_only}/x.json: cannot write in /sys"):
+        check_outputs([Output(read_only / "x.json", "--out", "json")])
+    full_disk(monkeypatch, free=100 << 20)
+    check_outputs([Output(tmp_path / "a.json", "--out", "json", 40 << 20), Output(tmp_path / "b.json", "--out", "json")])
+    with pytest.raises(UserError, match=r"--out .*a.json: the output needs about 10\d.\d MiB .* 100.0 MiB free"):
+        # the outputs on one disk are summed, with the margin
+        check_outputs([Output(tmp_path / "a.json", "--out", "json", 40 << 20),
+                       Output(tmp_path / "b.json", "--out", "json", 40 << 20)])
+    assert list(tmp_path.iterdir()) == []  # a probe is created and removed
+
+
+def test_json_sizes_are_the_bytes_written(tmp_path):
+    for records in ([], [{"instruction": "é\nü", "output": "中文", "history": [["a", "b"]]}] * 3, [[1, {"x": None}], "s"]):
+        io.write_json_atomic(records, tmp_path / "a.json")
+        io.write_jsonl_atomic(records, tmp_path / "a.jsonl")
+        assert io.json_size(records) == (tmp_path / "a.json").stat().st_size
+        assert io.json_size(records, lines=True) == (tmp_path / "a.jsonl").stat().st_size
+
+
+def test_a_failed_write_is_one_line_and_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    path = tmp_path / "answers.jsonl"
+    path.write_text('{"old": 1}\n')
+    disk_fills_up(monkeypatch)
+    with pytest.raises(UserError, match=rf"{path}: could not write it \(No space left on device\); what was there is "):
+        io.write_jsonl_atomic([{"new": 1}], path)
+    assert path.read_text() == '{"old": 1}\n' and sorted(tmp_path.iterdir()) == [path]
+    with pytest.raises(UserError, match=r"could not write it \(file write failed\)"), io.write_errors(path):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")  # what torch.save raises on a full disk
+    with pytest.raises(ConnectionResetError), io.write_errors(path, any_oserror=False):
+        raise ConnectionResetError(errno.ECONNRESET, "a rank went away")  # not a write: stays what it is
+
+
+def test_temporaries_of_dead_processes_are_swept_and_a_parked_folder_put_back(tmp_path):
+    dead, alive = dead_pid(), os.getpid()
+    for pid in (dead, alive):
+        (tmp_path / f".answers.jsonl.{pid}.tmp").write_text("half")
+        (tmp_path / f".merged.saving-{pid}").mkdir()
+        (tmp_path / f".saving-{pid}-abc123").mkdir()
+    (tmp_path / f".export.old-{dead}").mkdir()  # killed between the two renames of a swap
+    (tmp_path / f".export.old-{dead}" / "model.safetensors").write_text("the previous export")
+    (tmp_path / "notes.tmp").write_text("not ours")
+    io.sweep(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".answers.jsonl.{alive}.tmp", f".merged.saving-{alive}", f".saving-{alive}-abc123", "export", "notes.tmp"])
+    assert (tmp_path / "export" / "model.safetensors").read_text() == "the previous export"
+
+
+def test_kill_9_mid_write_leaves_a_temporary_that_the_next_write_sweeps(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    code = ("import os, signal\nfrom alpaca_cot.io import atomic_open\n"
+            f"with atomic_open({str(path)!r}) as f:\n"
+            "    f.write('half an answer'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert [p.name for p in tmp_path.iterdir()] == [f".answers.jsonl.{proc.pid}.tmp"]
+    io.write_jsonl_atomic([{"output": "whole"}], path)
+    assert [p.name for p in tmp_path.iterdir()] == ["answers.jsonl"]
