@@ -61,6 +61,9 @@ class UserError(Exception):
 
 
 def fail(message: str, code: int = 2):
+    # A progress bar the error cut short (the Trainer's) ends its line first, so that the error has one of its own.
+    for bar in list(getattr(getattr(sys.modules.get("tqdm"), "tqdm", None), "_instances", ())):
+        bar.close()
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 

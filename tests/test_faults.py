@@ -197,8 +197,11 @@ def test_checkpoints_of_another_run_are_refused_or_cleared(reference, tiny_llama
 
 def test_output_dir_in_the_base_model_is_refused(tiny_llama, small_data):
     before = {p.name: p.read_bytes() for p in tiny_llama.iterdir() if p.is_file()}
-    with pytest.raises(UserError, match="inside the base model"):
-        finetune(**flags(tiny_llama, small_data, tiny_llama, max_steps=1), overwrite=True)
+    for out, words in ((tiny_llama, "is the input --base_model"), (tiny_llama / "out", "lies inside the input --base_model"),
+                       (tiny_llama.parent, "contains the input --base_model"),
+                       (small_data.parent, "contains the input --data")):
+        with pytest.raises(UserError, match=words):
+            finetune(**flags(tiny_llama, small_data, out, max_steps=1), overwrite=True)
     assert {p.name: p.read_bytes() for p in tiny_llama.iterdir() if p.is_file()} == before
 
 

@@ -234,3 +234,57 @@ def test_kill_9_mid_write_leaves_a_temporary_that_the_next_write_sweeps(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == [f".answers.jsonl.{proc.pid}.tmp"]
     io.write_jsonl_atomic([{"output": "whole"}], path)
     assert [p.name for p in tmp_path.iterdir()] == ["answers.jsonl"]
+
+
+# ---- full disks: checked first, and one line if it fills up anyway ----
+
+def test_finetune_full_disk(tiny_llama, data_file, tmp_path, monkeypatch, capsys):
+    import peft
+    import torch
+
+    from alpaca_cot.train import finetune
+
+    out = tmp_path / "out"
+    args = ["--base_model", tiny_llama, "--data", data_file, "--output_dir", out, "--quantization", "none",
+            "--batch_size", "4", "--micro_batch_size", "4", "--max_steps", "2", "--save_steps", "1",
+            "--val_set_size", "0", "--report_to", "none", "--lora_target_modules", "q_proj", "--cutoff_len", "64"]
+    with monkeypatch.context() as m:
+        full_disk(m)
+        code, err = run_cli(finetune, args, m, capsys)
+    one_line(code, err, f"--output_dir {out}: the output needs about", "1.0 MiB free")
+    assert not out.exists()  # refused before the first write
+    for name, failure in (("torch.save", RuntimeError("[enforce fail at inline_container.cc:672] . "
+                                                      "PytorchStreamWriter failed writing file data/0: file write failed")),
+                          ("save_pretrained", ENOSPC)):
+        with monkeypatch.context() as m:
+            def fail(*a, **k):
+                raise failure
+            m.setattr(*((torch, "save") if name == "torch.save" else (peft.PeftModel, "save_pretrained")), fail)
+            code, err = run_cli(finetune, [*args, "--overwrite"], m, capsys)
+        one_line(code, err, f"{out}: could not write it", "resume with --resume_from_checkpoint auto")
+
+
+# ---- tracebacks no more ----
+
+def test_a_pickled_adapter_is_refused(adapter, tmp_path, monkeypatch):
+    from alpaca_cot import models
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    shutil.copy(adapter / "adapter_config.json", folder)
+    (folder / "adapter_model.bin").write_bytes(b"\x80\x04a pickle that could run code")
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the base model was loaded"))
+    for check in (adapters.check_adapter, adapters.read_weights):
+        with pytest.raises(UserError, match=r"adapter_model.bin: a pickled adapter, which is not loaded"):
+            check(folder)
+
+
+# ---- nothing silent ----
+
+def test_max_steps_zero_is_refused(tiny_llama, data_file, tmp_path, monkeypatch, capsys):
+    from alpaca_cot.train import finetune
+
+    for steps in ("0", "-2"):
+        code, err = run_cli(finetune, ["--base_model", tiny_llama, "--data", data_file, "--output_dir", tmp_path / "o",
+                                       "--max_steps", steps], monkeypatch, capsys)
+        one_line(code, err, f"--max_steps must be -1 (train --num_epochs) or an integer >= 1, got {steps}")
