@@ -385,7 +385,7 @@ def test_generate_output_file_rules(tmp_path, tiny_llama, reference, generate_ma
     (tmp_path / "taken.jsonl").write_text("earlier answers\n")
     (tmp_path / "folder").mkdir()
     common = ["--base_model", tiny_llama, "--lora_weights", reference, "--input_file", questions]
-    for output, words in ((questions, "is the --input_file"), (tmp_path / "taken.jsonl", "--overwrite"),
+    for output, words in ((questions, "is the input --input_file"), (tmp_path / "taken.jsonl", "--overwrite"),
                           (tmp_path / "folder", "is a folder")):
         code, err = run_cli(generate_main, [*common, "--output_file", output], monkeypatch, capsys)
         one_error_line(code, err, str(output), words)

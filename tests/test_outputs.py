@@ -264,6 +264,25 @@ def test_finetune_full_disk(tiny_llama, data_file, tmp_path, monkeypatch, capsys
         one_line(code, err, f"{out}: could not write it", "resume with --resume_from_checkpoint auto")
 
 
+def test_generate_overwrite_on_a_full_disk(tiny_llama, adapter, tmp_path, monkeypatch, capsys):
+    from alpaca_cot import models
+
+    questions, answers = tmp_path / "q.jsonl", tmp_path / "a.jsonl"
+    questions.write_text('{"instruction": "Hi"}\n')
+    answers.write_text('{"instruction": "Hi", "input": "", "output": "earlier"}\n')
+    args = ["--base_model", tiny_llama, "--lora_weights", adapter, "--input_file", questions, "--output_file",
+            answers, "--overwrite", "--max_new_tokens", "2"]
+    with monkeypatch.context() as m:
+        full_disk(m)
+        m.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+        one_line(*run_cli(script("generate").main, args, m, capsys), f"--output_file {answers}: the output needs about")
+    with monkeypatch.context() as m:
+        disk_fills_up(m)
+        one_line(*run_cli(script("generate").main, args, m, capsys), f"{answers}: could not write it (No space left")
+    assert answers.read_text() == '{"instruction": "Hi", "input": "", "output": "earlier"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "q.jsonl"]
+
+
 # ---- tracebacks no more ----
 
 def test_a_pickled_adapter_is_refused(adapter, tmp_path, monkeypatch):
@@ -288,3 +307,44 @@ def test_max_steps_zero_is_refused(tiny_llama, data_file, tmp_path, monkeypatch,
         code, err = run_cli(finetune, ["--base_model", tiny_llama, "--data", data_file, "--output_dir", tmp_path / "o",
                                        "--max_steps", steps], monkeypatch, capsys)
         one_line(code, err, f"--max_steps must be -1 (train --num_epochs) or an integer >= 1, got {steps}")
+
+
+def test_generate_input_file_renders_history_as_the_conversation_does(llama_tokenizer, tmp_path):
+    from alpaca_cot import answer, preprocess
+    from alpaca_cot.generation import with_cot
+
+    prompter = preprocess.Prompter("alpaca")
+    seen = []
+    gen = SimpleNamespace(tokenizer=llama_tokenizer, prompter=prompter, check_fits=lambda *a, **k: None,
+                          prompt=lambda i, inp="", cot=False: prompter.prompt(with_cot(i) if cot else i, inp),
+                          generate=lambda prompts, **k: (seen.extend(prompts), ["ok"] * len(prompts))[1])
+    history = [["What is 2 + 2?", "4."], ["And times 3?", "12."]]
+    records = [{"instruction": "Minus 5?", "input": "", "history": history}, {"instruction": "Hi", "input": ""}]
+    out = tmp_path / "answers.jsonl"
+    answer.answer_file(gen, records, "q.jsonl", out, 2, True, {"max_new_tokens": 2})
+    assert seen[0] == preprocess.prompt_ids(llama_tokenizer, prompter, history, with_cot("Minus 5?"))
+    assert seen[1] == prompter.prompt(with_cot("Hi"))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["history"] == history and "history" not in rows[1]
+
+
+def test_generate_and_finetune_clear_what_killed_saves_left(tiny_llama, adapter, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapter, folder)
+    dead = dead_pid()
+    (folder / f".saving-{dead}-k1ll3d").mkdir()  # a finetune killed mid-save
+    (folder / f".saving-{os.getpid()}-l1v3").mkdir()  # a save under way
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"instruction": "Hi"}\n')
+    leftover = tmp_path / f".q.answers.jsonl.{dead}.tmp"  # a generate killed mid-write
+    leftover.write_text("half")
+    code, err = run_cli(script("generate").main, ["--base_model", tiny_llama, "--lora_weights", folder, "--input_file",
+                                                  questions, "--max_new_tokens", "1"], monkeypatch, capsys)
+    assert code == 0, err
+    assert not leftover.exists() and (tmp_path / "q.answers.jsonl").is_file()
+    assert sorted(p.name for p in folder.glob(".saving-*")) == [f".saving-{os.getpid()}-l1v3"]
+    (folder / f".run.json.{dead}.tmp").write_text("half")
+    from alpaca_cot import checkpoints
+
+    checkpoints.claim(folder, {}, checkpoints.Plan())
+    assert not list(folder.glob(".*"))  # finetune drops every staging folder of its own folder
