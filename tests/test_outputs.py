@@ -283,6 +283,23 @@ def test_generate_overwrite_on_a_full_disk(tiny_llama, adapter, tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "q.jsonl"]
 
 
+def test_export_counts_every_file_and_a_full_disk_is_one_line(tiny_llama, adapter, tmp_path, monkeypatch, capsys):
+    from alpaca_cot import merge
+
+    export, out = script("export_hf_checkpoint"), tmp_path / "merged"
+    tensors = merge.plan(tiny_llama, merge.load_adapter(adapter), None, "adapter").out_bytes()
+    with monkeypatch.context() as m:  # room for the tensors (with the margin), not for the tokenizer beside them
+        full_disk(m, free=int(tensors * outputs.SPACE_MARGIN + outputs.SPACE_SLACK) + 1)
+        one_line(*run_cli(export.main, ["--base_model", tiny_llama, "--lora_weights", adapter, "--out", out], m, capsys),
+                 f"--out {out}: the output needs about")
+    with monkeypatch.context() as m:
+        m.setattr(merge, "write_safetensors", lambda path, *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, os.strerror(
+            errno.ENOSPC), str(path))))
+        one_line(*run_cli(export.main, ["--base_model", tiny_llama, "--lora_weights", adapter, "--out", out], m, capsys),
+                 f"{out}: could not write it (No space left on device at {tmp_path}/.merged.saving-")
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- tracebacks no more ----
 
 def test_a_pickled_adapter_is_refused(adapter, tmp_path, monkeypatch):
