@@ -236,6 +236,68 @@ def test_kill_9_mid_write_leaves_a_temporary_that_the_next_write_sweeps(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["answers.jsonl"]
 
 
+# ---- data loss ----
+
+def test_study_refuses_an_out_holding_its_input(tiny_llama, shared_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "study"
+    (out / "data").mkdir(parents=True)
+    alpaca = out / "data" / "alpaca.json"  # what the study would write over
+    shutil.copy(shared_dir / "data" / "alpaca_cleaned.sample.json", alpaca)
+    before = alpaca.read_bytes()
+    code, err = run_cli(script("study").main, ["--base_model", tiny_llama, "--out", out, "--alpaca", alpaca,
+                                               "--belle", shared_dir / "data" / "belle_cn.sample.json",
+                                               "--cot_src", shared_dir / "data" / "flan_cot"], monkeypatch, capsys)
+    one_line(code, err, f"--out {out} contains the input --alpaca {alpaca}")
+    assert alpaca.read_bytes() == before and sorted(p.name for p in out.rglob("*")) == ["alpaca.json", "data"]
+
+
+def test_format_cot_refuses_an_out_that_is_an_input_tsv(shared_dir, tmp_path, monkeypatch, capsys):
+    src = tsv_dir(tmp_path, shared_dir)
+    tsv = src / "creak_train.tsv"
+    before = tsv.read_bytes()
+    for flag in ("--out", "--eval_out"):
+        args = ["--src", src, "--datasets", "creak", "--out", tmp_path / "cot.json", "--holdout", "2", flag, tsv,
+                "--overwrite"]
+        code, err = run_cli(script("format_cot").main, args, monkeypatch, capsys)
+        one_line(code, err, f"{flag} {tsv} is the input TSV")
+    assert tsv.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_data_stats_refuses_a_json_that_is_the_data(tiny_llama, data_file, monkeypatch, capsys):
+    before = data_file.read_bytes()
+    code, err = run_cli(script("data_stats").main, ["--data", data_file, "--base_model", tiny_llama, "--json",
+                                                    data_file, "--overwrite"], monkeypatch, capsys)
+    one_line(code, err, f"--json {data_file} is the input --data")
+    assert data_file.read_bytes() == before
+
+
+def write_predictions(path: Path, output="the answer is yes"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"task": "cot", "dataset": "creak", "instruction": "Is the sky blue? yes or no",
+                                "output": output, "gold": "yes"}) + "\n")
+
+
+def test_evaluate_never_replaces_another_evaluation_without_overwrite(tmp_path, monkeypatch, capsys):
+    evaluate = script("evaluate").main
+    a, b = tmp_path / "a" / "predictions.jsonl", tmp_path / "b"
+    write_predictions(a)
+    write_predictions(b / "predictions.jsonl", "the answer is no")
+    (b / "summary.json").write_text("{}")
+    before = (b / "predictions.jsonl").read_text()
+    code, err = run_cli(evaluate, ["--predictions", a, "--out", b], monkeypatch, capsys)
+    one_line(code, err, f"{b / 'predictions.jsonl'} already exists; pass --overwrite")
+    assert (b / "predictions.jsonl").read_text() == before
+    code, err = run_cli(evaluate, ["--predictions", a, "--out", a.parent, "--overwrite"], monkeypatch, capsys)
+    one_line(code, err, f"{a} is the input --predictions")  # re-scored over itself
+    cot_eval, no_model = tmp_path / "cot_eval.jsonl", tmp_path / "no-model"
+    cot_eval.write_text(json.dumps({"dataset": "creak", "instruction": "Is the sky blue? yes or no", "answer": "yes"}))
+    no_model.mkdir()
+    code, err = run_cli(evaluate, ["--base_model", no_model, "--cot_eval", cot_eval, "--out", b], monkeypatch, capsys)
+    one_line(code, err, "already exists; pass --overwrite")  # before a model is loaded (this one is no model)
+    assert run_cli(evaluate, ["--predictions", a, "--out", b, "--overwrite"], monkeypatch, capsys)[0] == 0
+    assert json.loads((b / "predictions.jsonl").read_text())["output"] == "the answer is yes"
+
+
 # ---- full disks: checked first, and one line if it fills up anyway ----
 
 def test_finetune_full_disk(tiny_llama, data_file, tmp_path, monkeypatch, capsys):
@@ -283,6 +345,18 @@ def test_generate_overwrite_on_a_full_disk(tiny_llama, adapter, tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "q.jsonl"]
 
 
+def test_format_cot_full_disk(shared_dir, tmp_path, monkeypatch, capsys):
+    src, out = tsv_dir(tmp_path, shared_dir), tmp_path / "cot.json"
+    args = ["--src", src, "--datasets", "creak", "--out", out]
+    with monkeypatch.context() as m:
+        full_disk(m)
+        one_line(*run_cli(script("format_cot").main, args, m, capsys), f"--out {out}: the output needs about")
+    with monkeypatch.context() as m:
+        disk_fills_up(m)
+        one_line(*run_cli(script("format_cot").main, args, m, capsys), f"{out}: could not write it")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
 def test_export_counts_every_file_and_a_full_disk_is_one_line(tiny_llama, adapter, tmp_path, monkeypatch, capsys):
     from alpaca_cot import merge
 
@@ -300,7 +374,59 @@ def test_export_counts_every_file_and_a_full_disk_is_one_line(tiny_llama, adapte
     assert list(tmp_path.iterdir()) == []
 
 
+# ---- read-only output folders: one line, before any work ----
+
+@pytest.mark.parametrize("name", ["generate", "format_cot", "data_stats", "export_hf_checkpoint", "evaluate", "study",
+                                  "download_data"])
+def test_a_read_only_output_folder_is_one_line(name, read_only, tiny_llama, adapter, shared_dir, data_file, tmp_path,
+                                               monkeypatch, capsys):
+    write_predictions(tmp_path / "p.jsonl")
+    (tmp_path / "q.jsonl").write_text('{"instruction": "Hi"}\n')
+    args = {"generate": ["--base_model", tiny_llama, "--lora_weights", adapter, "--input_file", tmp_path / "q.jsonl",
+                         "--output_file", read_only / "a.jsonl"],
+            "format_cot": ["--src", tsv_dir(tmp_path, shared_dir), "--datasets", "creak", "--out", read_only / "c.json"],
+            "data_stats": ["--data", data_file, "--base_model", tiny_llama, "--json", read_only / "s.json"],
+            "export_hf_checkpoint": ["--base_model", tiny_llama, "--lora_weights", adapter, "--out", read_only / "m"],
+            "evaluate": ["--predictions", tmp_path / "p.jsonl", "--out", read_only / "e"],
+            "study": ["--base_model", tiny_llama, "--out", read_only / "s", "--alpaca", data_file, "--belle", data_file,
+                      "--cot_src", shared_dir / "data" / "flan_cot"],
+            "download_data": ["alpaca", "--out", read_only / "a.json"]}[name]
+    one_line(*run_cli(script(name).main, args, monkeypatch, capsys), str(read_only), "cannot write in /sys")
+
+
 # ---- tracebacks no more ----
+
+@pytest.mark.parametrize("row, words", [
+    ({"output": 5}, "field 'output' must be a string, got int"),
+    ({"gold": None}, "field 'gold' must be a string, got NoneType"),
+    ({"dataset": "nope"}, "field 'dataset' 'nope' is not a FLAN CoT dataset"),
+    ({"task": "maths"}, "field 'task' must be one of cot, chinese, english"),
+    ({"cot_trigger": "yes"}, "field 'cot_trigger' must be true or false"),
+])
+def test_evaluate_predictions_with_bad_fields_name_file_record_and_field(row, words, tmp_path, monkeypatch, capsys):
+    good = {"task": "cot", "dataset": "creak", "instruction": "q", "output": "the answer is yes", "gold": "yes"}
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **row}) + "\n")
+    one_line(*run_cli(script("evaluate").main, ["--predictions", path], monkeypatch, capsys), f"{path}: line 2: {words}")
+    path.write_text(json.dumps(good) + "\n")  # no row with the trigger: its column of the table stays empty
+    assert run_cli(script("evaluate").main, ["--predictions", path], monkeypatch, capsys)[0] == 0
+
+
+def test_format_cot_on_an_unreadable_tsv(shared_dir, tmp_path, monkeypatch, capsys):
+    from alpaca_cot import cot
+
+    src = tsv_dir(tmp_path, shared_dir)
+
+    def unreadable(path, *args, **kwargs):  # chmod 000 does not stop root, who runs the tests here
+        if str(path).endswith(".tsv"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(cot, "open", unreadable, raising=False)
+    code, err = run_cli(script("format_cot").main, ["--src", src, "--datasets", "creak", "--out", tmp_path / "c.json"],
+                        monkeypatch, capsys)
+    one_line(code, err, f"{src / 'creak_train.tsv'}: cannot read it (Permission denied)")
+
 
 def test_a_pickled_adapter_is_refused(adapter, tmp_path, monkeypatch):
     from alpaca_cot import models
@@ -345,6 +471,20 @@ def test_generate_input_file_renders_history_as_the_conversation_does(llama_toke
     assert rows[0]["history"] == history and "history" not in rows[1]
 
 
+def test_study_checks_its_inputs_before_writing_anything(tiny_llama, shared_dir, data_file, tmp_path, monkeypatch,
+                                                         capsys):
+    out = tmp_path / "study"
+    empty = tmp_path / "no-tsvs"
+    empty.mkdir()
+    common = ["--out", out, "--alpaca", shared_dir / "data" / "alpaca_cleaned.sample.json",
+              "--belle", shared_dir / "data" / "belle_cn.sample.json", "--records_per_source", "4",
+              "--cot_eval_per_dataset", "1", "--chinese_eval", "2", "--english_eval", "2", "--belle_eval_records", "1"]
+    for args, words in ((["--base_model", tmp_path / "missing-model", "--cot_src", shared_dir / "data" / "flan_cot"],
+                         "base model"), (["--base_model", tiny_llama, "--cot_src", empty], "no FLAN CoT TSVs")):
+        one_line(*run_cli(script("study").main, [*common, *args], monkeypatch, capsys), words)
+        assert not out.exists()  # no config.json, no data
+
+
 def test_generate_and_finetune_clear_what_killed_saves_left(tiny_llama, adapter, tmp_path, monkeypatch, capsys):
     folder = tmp_path / "adapter"
     shutil.copytree(adapter, folder)
@@ -365,3 +505,19 @@ def test_generate_and_finetune_clear_what_killed_saves_left(tiny_llama, adapter,
 
     checkpoints.claim(folder, {}, checkpoints.Plan())
     assert not list(folder.glob(".*"))  # finetune drops every staging folder of its own folder
+
+
+# ---- the rest of the issue ----
+
+def test_download_fails_fast_suggesting_offline_mode(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there, nor behind a proxy:
+    for var in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("datasets' retries were waited for"))
+    code, err = run_cli(script("download_data").main, ["alpaca", "--out", tmp_path / "a.json"], monkeypatch, capsys)
+    one_line(code, err, "cannot reach the hub (http://127.0.0.1:9) for yahma/alpaca-cleaned", "HF_HUB_OFFLINE=1")
+    assert list(tmp_path.iterdir()) == []
