@@ -396,6 +396,19 @@ def test_a_read_only_output_folder_is_one_line(name, read_only, tiny_llama, adap
 
 # ---- tracebacks no more ----
 
+def test_a_broken_catalogue_is_not_read_at_import(tmp_path, monkeypatch):
+    import alpaca_cot
+
+    (tmp_path / "catalog.json").write_text("{ broken")
+    with monkeypatch.context() as m:
+        m.setattr(alpaca_cot, "DATA_DIR", tmp_path)
+        broken = importlib.reload(catalog)  # what importing generate.py (or any script) does
+        with pytest.raises(UserError, match=rf"{tmp_path / 'catalog.json'}: cannot read the catalogue"):
+            broken.resolve("alpaca")
+    importlib.reload(catalog)
+    assert "alpaca" in catalog.REGISTRY
+
+
 @pytest.mark.parametrize("row, words", [
     ({"output": 5}, "field 'output' must be a string, got int"),
     ({"gold": None}, "field 'gold' must be a string, got NoneType"),
