@@ -441,6 +441,14 @@ def test_format_cot_on_an_unreadable_tsv(shared_dir, tmp_path, monkeypatch, caps
     one_line(code, err, f"{src / 'creak_train.tsv'}: cannot read it (Permission denied)")
 
 
+def test_a_prompt_template_is_a_name_not_a_path(tiny_llama, data_file, monkeypatch, capsys):
+    for name in ("../data/demo", "/etc/passwd", ".."):
+        for fn, args in ((script("data_stats").main, ["--data", data_file, "--base_model", tiny_llama]),
+                         (script("generate").main, ["--base_model", tiny_llama, "--no_adapter", "--instruction", "Hi"])):
+            one_line(*run_cli(fn, [*args, "--prompt_template_name", name], monkeypatch, capsys),
+                     f"--prompt_template_name {name!r}: a template is a name in", "not a path")
+
+
 def test_a_pickled_adapter_is_refused(adapter, tmp_path, monkeypatch):
     from alpaca_cot import models
 
