@@ -90,6 +90,16 @@ def run(entry):
         fail(str(e))
 
 
+class lazy_import:  # noqa: N801 (used like a function: torch = lazy_import("torch"))
+    """A module imported on first use: `torch = lazy_import("torch")` at a script's top keeps the seconds of
+    `import torch` out of the flag check (run() checks the flags first), and `torch.x` works as before."""
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self.__dict__["_name"]), attr)
+
+
 def exit_on_interrupt(fn):
     """Ctrl-C anywhere in a script: one line and exit code 130 (temporary files are removed on the way)."""
     @functools.wraps(fn)
