@@ -542,3 +542,16 @@ def test_download_fails_fast_suggesting_offline_mode(tmp_path, monkeypatch, caps
     code, err = run_cli(script("download_data").main, ["alpaca", "--out", tmp_path / "a.json"], monkeypatch, capsys)
     one_line(code, err, "cannot reach the hub (http://127.0.0.1:9) for yahma/alpaca-cleaned", "HF_HUB_OFFLINE=1")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_demo_adapter_is_where_generate_looks(monkeypatch):
+    from alpaca_cot.checkpoints import default_output_dir
+
+    demo = script("demo")
+    where = default_output_dir("demo", 7, "smollm2-135m")  # generate.py --base_model smollm2-135m --data demo
+    assert where == "saved-demo-smollm2-135m"
+    assert f"DEMO_ADAPTER := {where}\n" in (ROOT / "Makefile").read_text()
+    command = demo.generate_command("smollm2-135m", where, where)
+    assert command.split()[1:7] == ["generate.py", "--base_model", "smollm2-135m", "--data", "demo", "--instruction"]
+    readme = (ROOT / "README.md").read_text()
+    assert readme.split("```bash\n")[1].startswith("make demo ") and command.split(" ", 1)[1] in readme
