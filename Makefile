@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEMO_ADAPTER := saved-demo
+# Where finetune.py's rule puts the adapter, so that `generate.py --base_model smollm2-135m --data demo` finds it.
+DEMO_ADAPTER := saved-demo-smollm2-135m
 
 .PHONY: setup demo test clean-demo
 

@@ -10,16 +10,8 @@ The work happens in alpaca_cot/answer.py and generation.py; all flags: `python g
 from pathlib import Path
 
 import fire
-import torch
 
-from alpaca_cot import models, recipes
-from alpaca_cot.answer import (answer_file, check_serving, import_gradio, interactive, output_path,
-                               read_records, serve, worth_compiling)
-from alpaca_cot.catalog import check_readable
-from alpaca_cot.checkpoints import default_output_dir
-from alpaca_cot.checks import check_device_map
 from alpaca_cot.cli import UserError, run
-from alpaca_cot.generation import Generator, decoding_kwargs
 
 
 # fire would turn text like "red, green" into a tuple and "None" into None: instructions stay text.
@@ -75,6 +67,17 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
         auth: user:pass login for the --web page.
         device_map: auto splits a model larger than one GPU over the visible GPUs (then the CPU); cpu keeps it on the CPU.
     """
+    # Imported here, after the flags are checked: torch takes seconds to import.
+    import torch
+
+    from alpaca_cot import models, recipes
+    from alpaca_cot.answer import (answer_file, check_room, check_serving, import_gradio, interactive, output_path,
+                                   read_records, serve, worth_compiling)
+    from alpaca_cot.catalog import check_readable
+    from alpaca_cot.checkpoints import default_output_dir
+    from alpaca_cot.checks import check_device_map
+    from alpaca_cot.generation import Generator, decoding_kwargs
+
     flags = recipes.apply(recipe, "generate", dict(
         prompt_template_name=prompt_template_name, max_new_tokens=max_new_tokens, temperature=temperature,
         top_p=top_p, top_k=top_k, num_beams=num_beams, repetition_penalty=repetition_penalty,
@@ -83,19 +86,23 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
                                                     "repetition_penalty", "no_repeat_ngram_size")))
     if instruction is not None and not str(instruction).strip():
         raise UserError("--instruction is empty")
+    adapter = None if no_adapter else (lora_weights or default_output_dir(data, size, base_model))
     if input_file is not None:
         check_readable(Path(input_file), "--input_file")
-        output_file = output_path(input_file, output_file, overwrite)
+        local = [(flag, path) for flag, path in (("--lora_weights", adapter), ("--base_model", base_model))
+                 if path is not None and Path(str(path)).exists()]
+        output_file = output_path(input_file, output_file, overwrite, local)
     if batch_size <= 0:
         raise UserError(f"--batch_size must be positive, got {batch_size}")
     check_device_map(device_map)
     # Everything the user gave is checked before the model is loaded.
     records = read_records(input_file, skip_bad_records) if input_file is not None else None
+    if records is not None:
+        check_room(output_file, records, decoding["max_new_tokens"])
     if web and input_file is None and instruction is None:
         auth = check_serving(server_name, share, expose, auth)
         import_gradio()
     name = models.base_model_name(size, base_model)
-    adapter = None if no_adapter else (lora_weights or default_output_dir(data, size, base_model))
     if compile is None:
         compile = worth_compiling(records, batch_size, decoding["max_new_tokens"], quantization)
     gen = Generator(name, adapter, quantization, flags["prompt_template_name"], merge=flags["merge"], compile=compile,

@@ -1,11 +1,12 @@
 """The LoRA adapter's folder, in one place: saved as a unit, finished after an interrupted save, checked
 before anything loads, and loaded from a folder or a hub id (with the tokenizer saved beside it).
 
-The adapter is replaced as a unit: its files are staged in `.saving-*`, the complete staging folder is
-renamed to `.adapter-commit`, and then its files are moved in one by one. Whoever finds
+The adapter is replaced as a unit: its files are staged in `.saving-<pid>-*`, the complete staging folder
+is renamed to `.adapter-commit`, and then its files are moved in one by one. Whoever finds
 `.adapter-commit` (the next finetune run, generate.py, the export) finishes those moves first, so
 adapter_config.json and the weights always come from the same save; a `.saving-*` folder is an
-unfinished save and is dropped.
+unfinished save: finetune drops it, and generate.py and the export drop it once its process is dead
+(io.sweep). Only safetensors weights are loaded: a pickled adapter_model.bin can run code when unpickled.
 """
 
 import json
@@ -15,9 +16,7 @@ import struct
 import tempfile
 from pathlib import Path
 
-import torch
-
-from . import hub
+from . import hub, io
 from .cli import UserError
 
 STAGING_PREFIX = ".saving-"
@@ -47,7 +46,7 @@ def save_adapter(model, tokenizer, folder: Path, state_dict: dict | None = None)
     state_dict: the adapter's weights when the model holds only shards of them (FSDP)."""
     folder.mkdir(parents=True, exist_ok=True)
     finish_interrupted_save(folder)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder))
     try:
         model.save_pretrained(staging, **({} if state_dict is None else {"state_dict": state_dict}))
         tokenizer.save_pretrained(staging)
@@ -61,19 +60,22 @@ def save_adapter(model, tokenizer, folder: Path, state_dict: dict | None = None)
 
 
 def weights_file(folder: Path) -> Path:
-    """The adapter's weights: adapter_model.safetensors, or an older adapter_model.bin."""
-    path = next((folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()), None)
-    if path is None:
-        raise UserError(f"no adapter weights in {folder} ({ADAPTER_WEIGHTS[0]} missing)")
-    return path
+    """The adapter's weights, adapter_model.safetensors; a pickled adapter_model.bin alone is refused."""
+    path = folder / ADAPTER_WEIGHTS[0]
+    if path.is_file():
+        return path
+    if (folder / ADAPTER_WEIGHTS[1]).is_file():
+        raise UserError(f"{folder / ADAPTER_WEIGHTS[1]}: a pickled adapter, which is not loaded (unpickling can run "
+                        f"code); only {ADAPTER_WEIGHTS[0]} is: convert it where you trust it (load it with peft and "
+                        "save_pretrained it again)")
+    raise UserError(f"no adapter weights in {folder} ({ADAPTER_WEIGHTS[0]} missing)")
 
 
 def read_weights(folder: Path) -> dict:
     """The adapter's tensors by their saved names, on the CPU."""
     from safetensors.torch import load_file
 
-    path = weights_file(folder)
-    return load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    return load_file(weights_file(folder))
 
 
 def check_safetensors(path: Path):
@@ -94,6 +96,7 @@ def check_safetensors(path: Path):
 def check_adapter(lora_weights):
     """Fail before any model is loaded if lora_weights holds no complete adapter."""
     folder = Path(lora_weights)
+    io.sweep(folder)  # staging folders and temporary files of saves whose process is dead
     if (folder / COMMIT).is_dir():
         try:
             finish_interrupted_save(folder)
@@ -103,9 +106,7 @@ def check_adapter(lora_weights):
     if not (folder / "adapter_config.json").is_file():
         raise UserError(f"no adapter in {lora_weights} (adapter_config.json missing); train one with "
                         "finetune.py or pass --lora_weights")
-    weights = weights_file(folder)
-    if weights.suffix == ".safetensors":
-        check_safetensors(weights)
+    check_safetensors(weights_file(folder))
 
 
 def is_hub_adapter(lora_weights) -> bool:

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import data, preprocess
+from . import data, outputs, preprocess
 from .cli import UserError
 from .generation import Generator, decoding_kwargs, with_cot
-from .io import atomic_open, check_output_file
+from .io import atomic_open
 
 
 def read_records(input_file, skip_bad_records=False) -> list[dict]:
@@ -27,20 +27,36 @@ def read_records(input_file, skip_bad_records=False) -> list[dict]:
     return records
 
 
-def output_path(input_file, output_file=None, overwrite=False) -> Path:
-    """Where --input_file's answers go, checked before any model is loaded: never the input itself, never
-    a folder, and an existing file only with --overwrite."""
+def output_path(input_file, output_file=None, overwrite=False, inputs=()) -> Path:
+    """Where --input_file's answers go, checked before any model is loaded (alpaca_cot/outputs.py's output rule):
+    never an input (the --input_file, the adapter, the base model), never a folder, writable, and an existing
+    file only with --overwrite (a JSON Lines file only)."""
     out = Path(output_file or Path(input_file).with_suffix(".answers.jsonl"))
-    if out.resolve() == Path(input_file).resolve():
-        raise UserError(f"--output_file {out} is the --input_file; choose another file")
-    check_output_file(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"--output_file {out} already exists; pass --overwrite to replace it")
+    outputs.check_outputs([outputs.Output(out, "--output_file", "jsonl")], [("--input_file", input_file), *inputs], overwrite)
     return out
 
 
+def check_room(output_file, records, max_new_tokens: int):
+    """Refuse before the model loads when the disk cannot hold the answers (outputs.check_space)."""
+    outputs.check_space([outputs.Output(output_file, "--output_file", "jsonl",
+                                        outputs.answers_bytes(records, max_new_tokens))])
+
+
+def file_prompts(gen: Generator, records, cot) -> list:
+    """Each record's prompt: a text prompt, or for a record with history the ids of the conversation, rendered
+    as training renders multi-turn records (preprocess.prompt_ids), the interactive mode's way."""
+    prompts = []
+    for r in records:
+        if r.get("history"):
+            asked = with_cot(r["instruction"]) if cot else r["instruction"]
+            prompts.append(preprocess.prompt_ids(gen.tokenizer, gen.prompter, r["history"], asked, r["input"]))
+        else:
+            prompts.append(gen.prompt(r["instruction"], r["input"], cot))
+    return prompts
+
+
 def answer_file(gen: Generator, records, input_file, output_file, batch_size, cot, decoding):
-    prompts = [gen.prompt(r["instruction"], r["input"], cot) for r in records]
+    prompts = file_prompts(gen, records, cot)
     gen.check_fits(prompts, decoding["max_new_tokens"], what=f"{input_file}: record")
     output_file = Path(output_file or Path(input_file).with_suffix(".answers.jsonl"))
     with atomic_open(output_file) as f:
@@ -48,6 +64,8 @@ def answer_file(gen: Generator, records, input_file, output_file, batch_size, co
             answers = gen.generate(prompts[start:start + batch_size], **decoding)
             for r, answer in zip(records[start:start + batch_size], answers):
                 row = {"instruction": r["instruction"], "input": r["input"], "output": answer}
+                if r.get("history"):
+                    row["history"] = r["history"]
                 if "output" in r:
                     row["reference"] = r["output"]
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

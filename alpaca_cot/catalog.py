@@ -13,7 +13,9 @@ and the rest), names joined by `-` in any order (`alpaca-belle-cot`), a path to 
 or `:W` (a weight such as 0.5 or 2, times its records); data.py draws those.
 """
 
+import functools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,11 +80,22 @@ def load_catalog(path: Path = CATALOG_PATH) -> dict[str, dict]:
     return sources
 
 
-def registry(path: Path = CATALOG_PATH) -> dict[str, Source]:
+def registry(path: Path | None = None) -> dict[str, Source]:
+    """{name: Source} of the catalogue (data/catalog.json by default), read when first asked for, not at import:
+    a broken catalogue is then one line from the command that needs it."""
+    return _registry(Path(path or CATALOG_PATH))
+
+
+@functools.cache
+def _registry(path: Path) -> dict[str, Source]:
     return {name: Source(e["file"], how_to_get(name, e), e) for name, e in load_catalog(path).items()}
 
 
-REGISTRY = registry()
+def __getattr__(name):  # catalog.REGISTRY: the default catalogue, read on first use
+    if name == "REGISTRY":
+        return registry()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def _is_path(item: str) -> bool:
     return item.endswith((".json", ".jsonl")) or "/" in item or "\\" in item
@@ -110,6 +123,7 @@ def resolve(data, data_dir: Path = DATA_DIR) -> list[Path]:
 def resolve_specs(data, data_dir: Path = DATA_DIR) -> list[tuple[Path, int | float | None]]:
     """The files --data names, each with its count or weight (None: all records), in order, each once."""
     items = as_list(data)
+    REGISTRY = registry()
     if not items:
         raise UserError("--data is empty; name a dataset (" + ", ".join(REGISTRY) + ") or a .json/.jsonl file")
     paths = []
@@ -120,7 +134,7 @@ def resolve_specs(data, data_dir: Path = DATA_DIR) -> list[tuple[Path, int | flo
             check_readable(path, "data file")
             paths.append((path, spec))
             continue
-        for piece in item.split("-"):
+        for piece in re.split(r"(?<!:)-", item):  # demo:-1 is one piece, with a count that is refused
             name, spec = split_spec(piece)
             if name not in REGISTRY:
                 raise UserError(f"unknown dataset {name!r} in --data {item!r}; known: {', '.join(REGISTRY)}, "
@@ -132,8 +146,19 @@ def resolve_specs(data, data_dir: Path = DATA_DIR) -> list[tuple[Path, int | flo
             paths.append((path, spec))
     unique = {}
     for path, spec in paths:  # the same file named twice (demo,data/demo.json) is read once
-        unique.setdefault(path.resolve(), (path, spec))
+        first = unique.setdefault(path.resolve(), (path, spec))
+        if first[1] != spec:
+            raise UserError(f"--data {data_text(data)!r} names {path} twice, with {_spec_text(first[1])} and "
+                            f"{_spec_text(spec)}; name each source once")
     return list(unique.values())
+
+
+def data_text(data) -> str:
+    return ",".join(as_list(data))
+
+
+def _spec_text(spec) -> str:
+    return "all its records" if spec is None else f"':{spec}'"
 
 
 def check_readable(path: Path, what: str):

@@ -8,15 +8,15 @@ is the one rule by which finetune.py names the folder and generate.py and the ex
 """
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .adapters import finish_interrupted_save, holds_adapter
+from .adapters import TOKENIZER_FILES, finish_interrupted_save, holds_adapter
 from .cli import UserError
+from . import io, outputs
 from .io import sha256, write_json_atomic
+from .outputs import inside
 from .resumable import run_loss
 
 RUN_FILE = "run.json"
@@ -117,25 +117,15 @@ def default_output_dir(data, size, base_model=None) -> str:
     return f"saved-{name_of(data)}-{base.lower()}"
 
 
-def inside(path: Path, folder: Path) -> bool:
-    """path is folder or below it (both resolved)."""
-    path, folder = Path(path).resolve(), Path(folder).resolve()
-    return path == folder or folder in path.parents
+def check_output_dir(output_dir: Path, inputs=(), flag: str = "--output_dir"):
+    """The output rule (outputs.check_outputs) for finetune's folder: not a file, writable, and neither holding nor
+    inside an input; what it may already hold is plan()'s to decide. Writes nothing."""
+    outputs.check_outputs([outputs.Output(output_dir, flag, "folder", existing="own")], inputs)
 
 
 def check_writable(output_dir: Path, flag: str = "--output_dir"):
     """A one-line error for an output folder that is a file or cannot be written, writing nothing."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"{flag} {output_dir} is a file, not a folder")
-    probe = output_dir
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"{flag} {output_dir}: {probe} is a file, not a folder")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=probe))
-    except OSError as e:
-        raise UserError(f"{flag} {output_dir}: cannot write in {probe} ({e.strerror})") from None
+    check_output_dir(output_dir, (), flag)
 
 
 @dataclass
@@ -160,12 +150,10 @@ def _explicit_checkpoint(path: Path, output_dir: Path, record: dict, overwrite: 
     return Plan(resume=path)
 
 
-def plan(output_dir: Path, record: dict, base_model: str, resume, overwrite: bool, warn=print) -> Plan:
-    """Check finetune's output folder before anything is loaded; nothing is written here."""
-    if Path(base_model).is_dir() and inside(output_dir, base_model):
-        raise UserError(f"--output_dir {output_dir} is inside the base model's folder {base_model}; "
-                        "choose another folder")
-    check_writable(output_dir)
+def plan(output_dir: Path, record: dict, base_model: str, resume, overwrite: bool, warn=print, inputs=()) -> Plan:
+    """Check finetune's output folder before anything is loaded; nothing is written here. inputs: (flag, path)
+    of the data files beside the base model, which the folder may not hold."""
+    check_output_dir(output_dir, [("--base_model", base_model if Path(base_model).exists() else None), *inputs])
     adapter = holds_adapter(output_dir)
     if adapter and not (overwrite or resume):
         raise UserError(f"{output_dir} already holds a trained adapter; pass another --output_dir, "
@@ -198,10 +186,24 @@ def plan(output_dir: Path, record: dict, base_model: str, resume, overwrite: boo
 def claim(output_dir: Path, record: dict, plan: Plan):
     """Carry out the plan (main process only): finish or drop interrupted saves, clear, record the run."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    io.sweep(output_dir)
     finish_interrupted_save(output_dir)
     for path in plan.remove:
         shutil.rmtree(path)
     write_json_atomic(record, output_dir / RUN_FILE)
+
+
+def expected_bytes(f, n_train: int, trainable: int) -> int:
+    """The bytes a run (f: finetune's resolved flags) writes into its output folder, at most: the adapter (4 bytes
+    a trainable parameter) and the tokenizer, and in each kept checkpoint the adapter, Adam's two moments, the
+    tokenizer and the states; the traces of --profile_steps."""
+    steps = f.max_steps if f.max_steps > 0 else -(-n_train // f.batch_size) * f.num_epochs
+    kept = int(steps // f.save_steps)
+    kept = min(kept, f.save_total_limit) if f.save_total_limit else kept
+    base = Path(str(f.name))
+    tokenizer = sum((base / name).stat().st_size for name in TOKENIZER_FILES if (base / name).is_file()) or 16 << 20
+    adapter = 4 * trainable + tokenizer + (1 << 20)
+    return adapter + kept * (adapter + 8 * trainable) + (256 << 20 if f.profile_steps else 0)
 
 
 def write_summary(folder: Path, metrics: dict, log_history: list[dict], speed: dict, log=print, **extra):

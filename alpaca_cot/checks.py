@@ -7,8 +7,6 @@ can run here (finetune, generate, the export). Each failure is a one-line `UserE
 
 import importlib.util
 
-import torch
-
 from .cli import UserError, as_list
 from .preprocess import Prompter
 
@@ -40,6 +38,7 @@ FINETUNE_RULES = {
     "val_set_size": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     "seed": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     "profile_steps": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "max_steps": (lambda v: _integer(v) and (v == -1 or v >= 1), "-1 (train --num_epochs) or an integer >= 1"),
     "save_total_limit": (lambda v: v is None or _integer(v) and v >= 1, "an integer >= 1 or None"),
 }
 
@@ -95,6 +94,8 @@ def check_quantization(quantization: str):
         raise UserError(f"unknown --quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
     if quantization == "none":
         return
+    import torch
+
     try:
         import bitsandbytes  # noqa: F401
     except Exception as e:  # ImportError, or a broken native library
@@ -108,6 +109,8 @@ def check_attention(attn_implementation: str):
     """Fail before any loading if the attention implementation cannot train here."""
     if attn_implementation not in ATTENTIONS:
         raise UserError(f"unknown --attn_implementation {attn_implementation!r}; choose one of {', '.join(ATTENTIONS)}")
+    import torch
+
     if attn_implementation == "flex_attention" and not torch.cuda.is_available():
         raise UserError("--attn_implementation flex_attention trains only on a GPU (PyTorch has no CPU backward for it)")
     if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:

@@ -61,6 +61,9 @@ class UserError(Exception):
 
 
 def fail(message: str, code: int = 2):
+    # A progress bar the error cut short (the Trainer's) ends its line first, so that the error has one of its own.
+    for bar in list(getattr(getattr(sys.modules.get("tqdm"), "tqdm", None), "_instances", ())):
+        bar.close()
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 
@@ -85,6 +88,16 @@ def run(entry):
         exit_on_interrupt(fn)(**kwargs)  # whatever fn returns is for Python callers, not for the command line
     except UserError as e:
         fail(str(e))
+
+
+class lazy_import:  # noqa: N801 (used like a function: torch = lazy_import("torch"))
+    """A module imported on first use: `torch = lazy_import("torch")` at a script's top keeps the seconds of
+    `import torch` out of the flag check (run() checks the flags first), and `torch.x` works as before."""
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self.__dict__["_name"]), attr)
 
 
 def exit_on_interrupt(fn):

@@ -65,6 +65,8 @@ def read_tsv(path, style="original", warn=None):
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except csv.Error as e:  # the field-size limit, a NUL byte
         raise UserError(f"{path}: {e}") from None
+    except OSError as e:  # unreadable (permissions, an I/O error), vanished, a folder
+        raise UserError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
     if not rows:
         raise UserError(f"{path}: no rows (an empty file)")
     return rows

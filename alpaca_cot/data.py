@@ -199,7 +199,11 @@ def eval_keys(files) -> list[str]:
     for file in as_list(files or ()):
         path = Path(file).expanduser()
         check_readable(path, "--decontaminate file")
-        for place, raw in parse(path):
+        rows = parse(path)
+        if not rows:
+            raise UserError(f"{path}: no evaluation rows in this --decontaminate file (an empty file?); nothing "
+                            "would be removed: pass the evaluation set itself, or leave --decontaminate out")
+        for place, raw in rows:
             text = raw.get("instruction") or raw.get("question") if isinstance(raw, dict) else None
             if not isinstance(text, str):
                 raise UserError(f"{path}: {place}: field 'instruction' (or 'question') is missing or not a string")

@@ -17,6 +17,7 @@ import unicodedata
 import zlib
 
 import numpy as np
+from tqdm import tqdm
 
 N = 5
 NEAR = 0.8
@@ -98,18 +99,26 @@ class Contained:
         return False
 
 
+def progress(sources, near: bool, desc: str):
+    """A progress bar over every record for near matching (MinHash takes minutes on large sources); none for exact."""
+    return tqdm(total=sum(len(records) for _, records in sources), desc=desc, unit="record",
+                disable=True if not near else None, mininterval=1)
+
+
 def deduplicate(sources: list[tuple[str, list[dict]]], near: bool) -> tuple[list, dict[str, int]]:
     """Sources with repeats removed (the first occurrence stays) and how many each lost."""
     index, kept, removed = Index(near), [], {}
-    for name, records in sources:
-        keep = []
-        for record in records:
-            key = prompt_key(record)
-            if not index.seen(key):
-                index.add(key)
-                keep.append(record)
-        kept.append((name, keep))
-        removed[name] = len(records) - len(keep)
+    with progress(sources, near, "near dedup") as bar:
+        for name, records in sources:
+            keep = []
+            for record in records:
+                key = prompt_key(record)
+                if not index.seen(key):
+                    index.add(key)
+                    keep.append(record)
+                bar.update()
+            kept.append((name, keep))
+            removed[name] = len(records) - len(keep)
     return kept, removed
 
 
@@ -119,8 +128,13 @@ def decontaminate(sources: list[tuple[str, list[dict]]], eval_keys: list[str], n
     for key in eval_keys:
         index.add(key)
     kept, removed = [], {}
-    for name, records in sources:
-        keep = [r for r in records if not ((key := prompt_key(r)) and (index.seen(key) or contained(key)))]
-        kept.append((name, keep))
-        removed[name] = len(records) - len(keep)
+    with progress(sources, near, "near decontamination") as bar:
+        for name, records in sources:
+            keep = []
+            for r in records:
+                if not ((key := prompt_key(r)) and (index.seen(key) or contained(key))):
+                    keep.append(r)
+                bar.update()
+            kept.append((name, keep))
+            removed[name] = len(records) - len(keep)
     return kept, removed

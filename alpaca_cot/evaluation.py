@@ -17,6 +17,7 @@ from pathlib import Path
 from . import reading, scoring
 from .cli import UserError
 from .data import parse
+from .predictions import check_prediction
 
 TASKS = ("cot", "chinese", "english")
 
@@ -160,7 +161,7 @@ def markdown(summary: dict, title: str) -> str:
                   "| | " + " | ".join(datasets) + " | all |", "|---|" + "---:|" * (len(datasets) + 1)]
         for key in ("no_trigger", "trigger"):
             part = summary["cot"][key]
-            cells = [percent(part["per_dataset"][d]) for d in datasets] + [percent(part["accuracy"])]
+            cells = [percent(part["per_dataset"].get(d)) for d in datasets] + [percent(part["accuracy"])]
             lines.append(f"| {key.replace('_', ' ')} (n={part['n']}) | " + " | ".join(cells) + " |")
         lines.append("")
     if "chinese" in summary:
@@ -181,10 +182,8 @@ def read_predictions(path) -> list[dict]:
         raise UserError(f"--predictions {path} not found")
     rows = []
     for place, raw in parse(path):
-        needed = ("task", "instruction", "output", "gold") + (("dataset",) if isinstance(raw, dict) and raw.get("task") == "cot" else ())
-        missing = [k for k in needed if not isinstance(raw, dict) or k not in raw]
-        if missing or raw["task"] not in TASKS:
-            raise UserError(f"{path}: {place}: not a prediction row (field '{(missing or ['task'])[0]}')")
+        if (why := check_prediction(raw)) is not None:
+            raise UserError(f"{path}: {place}: {why}")
         raw.setdefault("cot_trigger", False)
         rows.append(raw)
     return rows

@@ -24,16 +24,17 @@ def hub_offline() -> bool:
     return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def check_hub_reachable(name: str, timeout: float = 5.0):
-    """One line instead of the hub client's minute of retries when the hub cannot be reached (proxies honoured)."""
-    if hub_offline():
+def check_hub_reachable(name: str, timeout: float = 5.0, kind: str = "models"):
+    """One line instead of the hub client's minute of retries when the hub cannot be reached (proxies honoured):
+    one request, no retry. kind: models or datasets (the hub API's path for the id)."""
+    if hub_offline() or (kind == "datasets" and os.environ.get("HF_DATASETS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")):
         return
     import urllib.error
     import urllib.request
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     try:
-        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/models/{name}", method="HEAD"), timeout=timeout)
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/{kind}/{name}", method="HEAD"), timeout=timeout)
     except urllib.error.HTTPError:
         return  # the hub answered (a private or missing repo is reported when loading)
     except (OSError, ValueError) as e:

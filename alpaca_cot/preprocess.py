@@ -22,6 +22,7 @@ again from the new first turn; if the last turn alone is too long it is cut like
 """
 
 import json
+import re
 from bisect import bisect_left
 
 from . import TEMPLATES_DIR
@@ -38,15 +39,20 @@ class Prompter:
     """A prompt template: one small class over a JSON file in templates/, its required keys checked."""
 
     def __init__(self, template_name: str = "alpaca"):
+        known = sorted(p.stem for p in TEMPLATES_DIR.glob("*.json"))
+        if not isinstance(template_name, str) or not re.fullmatch(r"[A-Za-z0-9_][\w.-]*", template_name):
+            raise UserError(f"--prompt_template_name {template_name!r}: a template is a name in {TEMPLATES_DIR} "
+                            f"(known: {', '.join(known)}), not a path")
         path = TEMPLATES_DIR / f"{template_name}.json"
         if not path.is_file():
-            known = sorted(p.stem for p in TEMPLATES_DIR.glob("*.json"))
             raise UserError(f"unknown prompt template {template_name!r} ({path} not found); known: {', '.join(known)}")
         self.name = template_name
         try:
             self.template = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e.msg}; line {e.lineno})") from None
+        if not isinstance(self.template, dict):
+            raise UserError(f"{path}: a prompt template is a JSON object, got a {type(self.template).__name__}")
         missing = [k for k in REQUIRED if not isinstance(self.template.get(k), str)]
         if missing:
             raise UserError(f"{path}: prompt template without {', '.join(repr(k) for k in missing)}")

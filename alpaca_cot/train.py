@@ -14,8 +14,9 @@ from types import SimpleNamespace
 
 import torch
 
-from . import adapters, checkpoints, distributed, models, recipes, sharding
+from . import adapters, checkpoints, distributed, io, models, outputs, recipes, sharding
 from .checks import check_attention, check_finetune_flags, check_quantization
+from .catalog import resolve as resolve_data
 from .cli import UserError, as_list
 from .data import load_mixture
 from .kernels import use_fused_kernels
@@ -146,18 +147,22 @@ def finetune(
     distributed.start()
     trainer, speed = build(run)
     trainer.balance_ranks = run.flags.balance_ranks
-    distributed.main_process_then_others(lambda: checkpoints.claim(run.output_dir, run.record, run.plan))
-    if run.plan.note:
-        log(run.plan.note)
-    result = trainer.train(resume_from_checkpoint=str(run.plan.resume) if run.plan.resume else None)
-    adapter = sharding.adapter_state_dict(trainer)  # every rank takes part in gathering a sharded adapter
-    if trainer.is_world_process_zero():
-        adapters.save_adapter(trainer.model, run.tokenizer, run.output_dir, state_dict=adapter)
-        checkpoints.write_summary(run.output_dir, result.metrics, trainer.state.log_history, speed.metrics(), log=log,
-                                  seconds=round(time.time() - started, 1), output_dir=str(run.output_dir),
-                                  quantization=run.flags.quantization)
+    # A disk that fills up during the run: one line, not a traceback; the last complete checkpoint resumes.
+    with io.write_errors(run.output_dir, any_oserror=False, note="free some space and resume with "
+                         "--resume_from_checkpoint auto"):
+        distributed.main_process_then_others(lambda: checkpoints.claim(run.output_dir, run.record, run.plan))
+        if run.plan.note:
+            log(run.plan.note)
+        result = trainer.train(resume_from_checkpoint=str(run.plan.resume) if run.plan.resume else None)
+        adapter = sharding.adapter_state_dict(trainer)  # every rank takes part in gathering a sharded adapter
+        if trainer.is_world_process_zero():
+            adapters.save_adapter(trainer.model, run.tokenizer, run.output_dir, state_dict=adapter)
+            checkpoints.write_summary(run.output_dir, result.metrics, trainer.state.log_history, speed.metrics(),
+                                      log=log, seconds=round(time.time() - started, 1),
+                                      output_dir=str(run.output_dir), quantization=run.flags.quantization)
     distributed.end()
     return trainer
+
 
 
 def resolve(flags: dict) -> SimpleNamespace:
@@ -187,7 +192,11 @@ def resolve(flags: dict) -> SimpleNamespace:
     resume = f.resume_from_checkpoint
     if resume not in (None, False, "auto", True) and not Path(str(resume)).is_dir():
         raise UserError(f"--resume_from_checkpoint {resume} is not a folder")
-    checkpoints.check_writable(f.output_dir)
+    # The output rule (io.py): a writable folder that neither holds nor lies inside what the run reads.
+    inputs = [("--base_model", f.name if Path(f.name).exists() else None), *(("--data", p) for p in resolve_data(f.data)),
+              *(("--decontaminate", p) for p in as_list(f.decontaminate or ()))]
+    checkpoints.check_output_dir(f.output_dir, inputs)
+    f.inputs = inputs[1:]
     return f
 
 
@@ -209,7 +218,8 @@ def prepare(f: SimpleNamespace) -> SimpleNamespace:
     config = checkpoints.run_config(f, files, n_records)
     log("alpaca-cot finetune\n" + json.dumps(config, indent=2, ensure_ascii=False))
     record = checkpoints.run_record(config, files)
-    plan = checkpoints.plan(f.output_dir, record, f.name, f.resume_from_checkpoint, f.overwrite, warn=log)
+    plan = checkpoints.plan(f.output_dir, record, f.name, f.resume_from_checkpoint, f.overwrite, warn=log,
+                            inputs=f.inputs)
     if f.packing and f.attn_implementation in ("sdpa", "eager") and torch.cuda.is_available():
         log("note: with --packing, sdpa and eager attend over the whole packed row through a mask; on an H200 "
             "that trained slower than padding (benchmarks/README.md); flash_attention_2 attends per record")
@@ -229,4 +239,8 @@ def build(run: SimpleNamespace):
     model = models.lora_model(f.name, f.quantization, run.tokenizer, f.gradient_checkpointing, f.lora_r, f.lora_alpha,
                               f.lora_dropout, f.target_modules, f.fused_kernels, f.attn_implementation, f.upcast_norms,
                               device_map=f.device_map, sharded=f.fsdp)
-    return build_trainer(run, model, args)
+    if models.is_main_process():  # the adapter's size is known once it is built: room for it and its checkpoints
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        size = checkpoints.expected_bytes(f, len(run.train_data), trainable)
+        outputs.check_space([outputs.Output(run.output_dir, "--output_dir", "folder", size)])
+    return build_trainer(run, model, args)  # (the Trainer creates the output folder)

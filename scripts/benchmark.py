@@ -29,11 +29,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from alpaca_cot import ROOT, cot, io, outputs
+from alpaca_cot.cli import UserError, as_list, lazy_import, run
 
-from alpaca_cot import ROOT, cot
-from alpaca_cot.cli import UserError, as_list, run
-from alpaca_cot.throughput import WARMUP_MICRO_BATCHES, gpu_sync, untimed_steps
+# Imported on first use: the flags are checked before torch's seconds of importing.
+torch = lazy_import("torch")
+throughput = lazy_import("alpaca_cot.throughput")
 
 LORA_FLOPS_PER_TOKEN_PER_PARAM = 4  # forward 2N + input gradients 2N; frozen weights get no gradient
 
@@ -193,10 +194,10 @@ def generation(model: str, adapter: str, quantization: str = "none", out: str = 
         for batch in (1, 32):
             for _ in range(2):  # warm-up; with a static cache the first run of a shape compiles
                 gen.generate(prompts[:batch], **kwargs)
-            gpu_sync()
+            throughput.gpu_sync()
             t = time.perf_counter()
             gen.generate(prompts[:batch], **kwargs)
-            gpu_sync()
+            throughput.gpu_sync()
             seconds = time.perf_counter() - t
             row[f"batch{batch}"] = {"ms_per_token": round(1000 * seconds / new_tokens, 2),
                                     "tokens_per_s": round(batch * new_tokens / seconds, 1)}
@@ -290,7 +291,7 @@ def setup(shape: str, shared: Path, work: Path, memory_cap_gib: float):
 def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", steps: int = 60,
          shared: str = None, work_dir: str = "/tmp/alpaca-cot-bench", out: str = None, generation_runs: str = "none,8bit",
          gen_variants: str = "unmerged,merged,compiled", memory_cap_gib: float = None, gpus: str = None,
-         global_batch: int = 128, scaling_steps: int = 40, profile_steps: int = 0):
+         global_batch: int = 128, scaling_steps: int = 40, profile_steps: int = 0, overwrite: bool = False):
     """Train each recipe on a random-init model of --shape, then time generation; print and save the figures.
 
     Args:
@@ -312,9 +313,12 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
             GPU computes the same micro-batches at every count, after the same untimed warm-up per GPU.
         profile_steps: with --gpus, add this many steps to every run and profile them (finetune --profile_steps):
             each rank's summary (GPU busy share, stalls, NCCL and host-wait time) goes in the report.
+        overwrite: replace an existing --out report (a JSON file only).
     """
     if not torch.cuda.is_available():
         raise UserError("the benchmark needs a CUDA GPU")
+    if out:  # the output rule (alpaca_cot/outputs.py), before the hours of work
+        outputs.check_outputs([outputs.Output(out, "--out", "json", 1 << 20)], (), overwrite)
     counts = gpu_counts(gpus, torch.cuda.device_count()) if gpus else None
     if counts and "legacy" in names(recipes):
         raise UserError("--gpus runs finetune.py recipes; drop legacy from --recipes")
@@ -432,11 +436,11 @@ def step_overhead_ms(model: Path, iters: int = 50, device: str = "cuda") -> floa
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     for i in range(iters + 5):
         if i == 5:
-            gpu_sync()
+            throughput.gpu_sync()
             t = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(params, 1.0).item()  # the Trainer reads the norm back for its log
         optimizer.step()
-    gpu_sync()
+    throughput.gpu_sync()
     return round(1000 * (time.perf_counter() - t) / iters, 3)
 
 
@@ -445,8 +449,8 @@ def run_steps(measured_steps: int, global_batch: int, micro: int, gpus: int) -> 
     count, untimed (the speed callback's warm-up) and timed (measured_steps optimizer steps of one GPU)."""
     accumulation = global_batch // (micro * gpus)
     measured = measured_steps * gpus
-    max_steps = measured + math.ceil(WARMUP_MICRO_BATCHES / accumulation)
-    if max_steps - untimed_steps(accumulation, max_steps) != measured:
+    max_steps = measured + math.ceil(throughput.WARMUP_MICRO_BATCHES / accumulation)
+    if max_steps - throughput.untimed_steps(accumulation, max_steps) != measured:
         raise UserError(f"--scaling_steps {measured_steps} is too few to time after the warm-up on {gpus} GPUs")
     return max_steps
 
@@ -501,8 +505,7 @@ def print_scaling(report):
 
 def save(report, out):
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=2))
+        io.write_json_atomic(report, out)
 
 
 def print_table(report):

@@ -25,12 +25,12 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alpaca_cot import ROOT, tiny  # noqa: E402
-from alpaca_cot.cli import UserError, as_list, run  # noqa: E402
+from alpaca_cot import ROOT, io, outputs, tiny  # noqa: E402
+from alpaca_cot.cli import UserError, as_list, lazy_import, run  # noqa: E402
+
+torch = lazy_import("torch")  # imported on first use: the flags are checked first
 
 INDEX = "model.safetensors.index.json"
 MARKER = ".alpaca-cot-random-checkpoint"  # what build writes first: only such folders are reused or removed
@@ -250,7 +250,7 @@ def print_table(rows: list[dict]):
 
 def main(experiments: str = "30b:none,65b:4bit", gpus: int = None, steps: int = 4, resume_steps: int = 2,
          data: str = None, work_dir: str = None, shared: str = None, out: str = None, keep: bool = False,
-         launcher: str = "torchrun", phases: str = "train,resume"):
+         launcher: str = "torchrun", phases: str = "train,resume", overwrite: bool = False):
     """Train, resume and check sharded LoRA runs of large random-init shapes; print a table, write JSON.
 
     Args:
@@ -266,12 +266,15 @@ def main(experiments: str = "30b:none,65b:4bit", gpus: int = None, steps: int = 
         launcher: torchrun or accelerate (accelerate launch --multi_gpu).
         phases: train (from scratch, --overwrite), resume (from the run's checkpoint-<steps>), or both; with --keep,
             train in one call and resume in the next keeps each call short.
+        overwrite: replace an existing --out report (a JSON file only).
     """
     check_specs(as_list(experiments))
     if launcher not in LAUNCHERS:
         raise UserError(f"--launcher {launcher!r}: choose {' or '.join(LAUNCHERS)}")
     if not torch.cuda.is_available():
         raise UserError("the sharded benchmark needs CUDA GPUs (finetune --fsdp runs only on GPUs)")
+    if out:  # the output rule (alpaca_cot/outputs.py), before the experiments
+        outputs.check_outputs([outputs.Output(out, "--out", "json", 1 << 20)], (), overwrite)
     shared = Path(shared or ROOT.parent / "shared")
     tokenizer_model = shared / "tokenizers" / "llama" / "tokenizer.model"
     data = data or str(next((p for p in (shared / "data" / "alpaca_cleaned.sample.json",) if p.exists()),
@@ -294,7 +297,7 @@ def main(experiments: str = "30b:none,65b:4bit", gpus: int = None, steps: int = 
         row["total_seconds"] = round(time.time() - t, 1)
         report["experiments"].append(row)
         if out:
-            Path(out).write_text(json.dumps(report, indent=1))
+            io.write_json_atomic(report, out)
     print_table(report["experiments"])
 
 

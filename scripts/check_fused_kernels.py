@@ -11,12 +11,15 @@ the `num_items_in_batch` normalisation the Trainer uses under gradient accumulat
 
 import tempfile
 
-import torch
-
-from alpaca_cot import data, kernels, models, tiny
-from alpaca_cot.cli import UserError, run
+from alpaca_cot import data, tiny
+from alpaca_cot.cli import UserError, lazy_import, run
 from alpaca_cot.preprocess import Prompter, encode_batch
-from alpaca_cot.throughput import CountingCollator
+
+# Imported on first use: the flags are checked before torch's seconds of importing.
+torch = lazy_import("torch")
+kernels = lazy_import("alpaca_cot.kernels")
+models = lazy_import("alpaca_cot.models")
+throughput = lazy_import("alpaca_cot.throughput")
 
 
 def loss_and_grads(model_dir, batch, fused: bool, num_items=None):
@@ -63,7 +66,7 @@ def main(records: int = 8, cutoff_len: int = 256, tolerance: float = 1e-4):
         columns = data.load("demo")
         batch = {k: v[:records] for k, v in columns.items()}
         enc = encode_batch(batch, tokenizer, Prompter(), cutoff_len)
-        collated = CountingCollator(tokenizer)([{"input_ids": i, "labels": l}
+        collated = throughput.CountingCollator(tokenizer)([{"input_ids": i, "labels": l}
                                                  for i, l in zip(enc["input_ids"], enc["labels"])])
         worst = 0.0
         for num_items in (None, 1000):

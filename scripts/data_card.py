@@ -59,14 +59,20 @@ def table(entries: dict, tokenizer=None, prompter=None, data_dir: Path = DATA_DI
     return "\n".join(lines) + "\n"
 
 
-def main(base_model=None, out=None, prompt_template_name="alpaca"):
+def main(base_model=None, out=None, prompt_template_name="alpaca", overwrite=False):
     """Print (or write) the catalogue as a markdown table.
 
     Args:
         base_model: local folder or hub id whose tokenizer measures the files already in data/; none: no measures.
         out: write the table to this file instead of printing it.
         prompt_template_name: the template the token lengths are measured under (alpaca).
+        overwrite: replace an existing --out file (a text file only).
     """
+    from alpaca_cot import catalog, outputs
+
+    if out is not None:  # the output rule (alpaca_cot/outputs.py): not the catalogue, --overwrite to replace
+        outputs.check_outputs([outputs.Output(out, "--out", "text", 1 << 20)], [("the catalogue", catalog.CATALOG_PATH)],
+                         overwrite)
     tokenizer = prompter = None
     if base_model is not None:
         from alpaca_cot import models

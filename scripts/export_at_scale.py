@@ -13,6 +13,8 @@ for 30b, 2 x 122 GiB for 65b). Everything is removed at the end unless --keep. I
 package importable (run from the repository root; the export child gets PYTHONPATH set to it).
 """
 
+from __future__ import annotations
+
 import json
 import os
 import resource
@@ -23,10 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from alpaca_cot import tiny
+from alpaca_cot.cli import UserError, lazy_import, run
 
-from alpaca_cot import merge, tiny
-from alpaca_cot.cli import UserError, run
+# Imported on first use: the flags are checked before torch's seconds of importing.
+torch = lazy_import("torch")
+merge = lazy_import("alpaca_cot.merge")
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = {"base", "adapter", "merged", ".base-building"}

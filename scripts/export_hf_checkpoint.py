@@ -10,61 +10,44 @@ the adapter's update to the weights it targets and writes each file as it reads 
 (alpaca_cot/merge.py), so any size merges on the CPU in a few GB of memory. --method peft loads
 the whole model (on the CPU, or over the GPUs with --device auto) and merges through peft: the
 reference, and the way for bases stored in other formats or adapters the stream refuses.
-LoRA cannot be merged into 8-bit or 4-bit weights, so the base is read unquantized. DIR is
-written into a temporary folder beside it and renamed into place, so it is either complete or
-absent, never half-written. An export carries a marker file: --overwrite replaces a previous
-export and nothing else, and DIR may neither contain nor lie inside the base model or the adapter.
+LoRA cannot be merged into 8-bit or 4-bit weights, so the base is read unquantized. DIR follows the
+output rule of alpaca_cot/outputs.py: it is written into a temporary folder beside it and swapped into
+place, so it is either complete or absent, never half-written; an export carries a marker file, and
+--overwrite replaces a previous export and nothing else; DIR may neither contain nor lie inside the
+base model or the adapter; the room for every file is checked before anything is written.
 """
 
-import json
 import os
-import shutil
-import time
 from pathlib import Path
 
-import torch
-
-from alpaca_cot import merge, models
-from alpaca_cot.adapters import check_adapter, load_adapter, tokenizer_source
-from alpaca_cot.checkpoints import inside
+from alpaca_cot import io, outputs
 from alpaca_cot.checks import check_device_map
 from alpaca_cot.cli import UserError, run
 
 MARKER = ".alpaca-cot-export.json"
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 METHODS = ("stream", "peft")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 
 
-def check_out(out: Path, sources: list[Path], overwrite: bool):
-    """Refuse a DIR that would lose data: a file, a folder holding or inside an input, a non-empty folder
-    (without --overwrite, or that is not a previous export)."""
-    if out.is_file():
-        raise UserError(f"--out {out} is a file, not a folder")
-    for source in sources:
-        if source.exists() and (inside(out, source) or inside(source, out)):
-            raise UserError(f"--out {out} contains or is inside {source}, which the model is read from; "
-                            "choose another folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"--out {out} already exists and is not empty; pass --overwrite to replace it")
-        if not (out / MARKER).is_file():
-            raise UserError(f"--out {out} is not a previous export (no {MARKER}); --overwrite replaces only "
-                            "an export: choose another folder")
+def torch_dtype(name: str):
+    import torch
+
+    return "auto" if name == "auto" else getattr(torch, name)
 
 
-def clean_leftovers(out: Path):
-    """Temporary folders of a killed export: an unfinished one is dropped, a replaced one put back if needed."""
-    for old in sorted(out.parent.glob(f".{out.name}.old-*")) if out.parent.is_dir() else ():
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, out)
-    for tmp in out.parent.glob(f".{out.name}.saving-*") if out.parent.is_dir() else ():
-        shutil.rmtree(tmp, ignore_errors=True)
+def check_out(out: Path, sources: list[tuple[str, Path]], overwrite: bool, size: int = 0):
+    """The output rule (alpaca_cot/outputs.py) for DIR: a folder, neither holding nor inside an input, writable, with
+    room for size bytes; a non-empty one only with --overwrite and only if it is a previous export."""
+    outputs.check_outputs([outputs.Output(out, "--out", "folder", size, MARKER)], sources, overwrite, what="a previous export")
 
 
 def merged_model(base_name: str, lora_weights: Path, dtype, device: str = "cpu"):
     """Merged on the CPU by default, as alpaca-lora does: no GPU needs to hold the whole model."""
+    from alpaca_cot import models
+    from alpaca_cot.adapters import load_adapter
+
     model = models.load_model(base_name, "none", dtype, device_map=device)
     model = load_adapter(model, lora_weights, base_name)
     return model.merge_and_unload()
@@ -72,6 +55,8 @@ def merged_model(base_name: str, lora_weights: Path, dtype, device: str = "cpu")
 
 def base_folder(name: str) -> Path:
     """The local folder of the base: itself, or the hub snapshot of its config and safetensors files."""
+    from alpaca_cot import merge
+
     if Path(name).is_dir():
         return Path(name)
     from huggingface_hub import snapshot_download
@@ -84,41 +69,11 @@ def base_folder(name: str) -> Path:
                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
 
 
-def check_space(out: Path, needed: int):
-    """Refuse before writing when the disk under out cannot hold the merged checkpoint."""
-    probe = out.parent
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if needed > free:
-        raise UserError(f"--out {out}: the merged checkpoint needs {needed / 2**30:.2f} GiB, {probe} has "
-                        f"{free / 2**30:.2f} GiB free")
-
-
-def save_atomically(write, out: Path, provenance: dict):
-    """write(folder) fills a temporary folder beside out, which is then swapped in; out is complete or untouched."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # A plain mkdir (not mkdtemp, which makes it 0700) so DIR gets the usual umask permissions.
-    tmp = out.with_name(f".{out.name}.saving-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    old = None
-    try:
-        write(tmp)
-        (tmp / MARKER).write_text(json.dumps(provenance, indent=2) + "\n")
-        if not list(tmp.glob("*.safetensors")):
-            raise RuntimeError(f"saving the merged model wrote no .safetensors file into {tmp}")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None and not out.exists():
-            os.replace(old, out)  # put the previous export back
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def tokenizer_bytes(source: str) -> int:
+    """What the tokenizer's save_pretrained writes, at most: its source's files, or 64 MiB when not local."""
+    folder = Path(source)
+    found = sum((folder / name).stat().st_size for name in TOKENIZER_FILES if (folder / name).is_file())
+    return 2 * found + (1 << 20) if found else 64 << 20
 
 
 def check_flags(quantization, device, dtype, method, lora_weights, out):
@@ -138,12 +93,24 @@ def check_flags(quantization, device, dtype, method, lora_weights, out):
         raise UserError("--out is required: the folder to write the merged checkpoint to")
 
 
-def stream_writer(name: str, lora_weights: Path, dtype, tokenizer, out: Path):
-    """Check everything the streaming merge needs (disk space included) now; write later."""
+def written_bytes(plan, base: Path) -> int:
+    """Every byte the streaming merge writes: the tensors, each file's header (the base's, and 4 KiB for a longer
+    dtype name or metadata), the index and the copied config files."""
+    from alpaca_cot import merge
+
+    copied = [base / name for name in (*merge.COPIED, merge.INDEX) if (base / name).is_file()]
+    return plan.out_bytes() + sum(h["start"] + 4096 for h in plan.headers.values()) + sum(
+        p.stat().st_size + 4096 for p in copied)
+
+
+def stream_writer(name: str, lora_weights: Path, dtype, tokenizer, out: Path, sources, overwrite: bool, extra: int):
+    """Check everything the streaming merge needs (the room for every file included) now; write later."""
+    from alpaca_cot import merge
+
     base = base_folder(name)
     dtype = None if dtype == "auto" else dtype
     plan = merge.plan(base, merge.load_adapter(lora_weights), dtype, f"adapter {lora_weights} does not fit base model {name}")
-    check_space(out, plan.out_bytes())
+    check_out(out, sources, overwrite, written_bytes(plan, base) + extra)
 
     def write(folder: Path):
         stats.update(merge.merge_checkpoint(base, lora_weights, folder, dtype,
@@ -154,8 +121,10 @@ def stream_writer(name: str, lora_weights: Path, dtype, tokenizer, out: Path):
     return write, stats
 
 
-def peft_writer(name: str, lora_weights: Path, dtype, tokenizer, device: str):
+def peft_writer(name: str, lora_weights: Path, dtype, tokenizer, device: str, out: Path, sources, overwrite: bool,
+                extra: int):
     model = merged_model(name, lora_weights, dtype, device)
+    check_out(out, sources, overwrite, sum(p.numel() * p.element_size() for p in model.parameters()) + extra)
 
     def write(folder: Path):
         model.save_pretrained(folder)
@@ -181,6 +150,11 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, dtyp
         method: stream reads and writes one tensor at a time (any size, a few GB of memory, no GPU); peft loads
             the whole model and merges through peft (bases not in safetensors, adapters the stream refuses).
     """
+    import time
+
+    from alpaca_cot import models
+    from alpaca_cot.adapters import check_adapter, tokenizer_source
+
     start = time.perf_counter()
     # ---- everything checked before a model is loaded or a file written ----
     check_flags(quantization, device, dtype, method, lora_weights, out)
@@ -188,15 +162,23 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, dtyp
     lora_weights, out = Path(str(lora_weights)).expanduser(), Path(os.path.abspath(Path(str(out)).expanduser()))
     name = models.base_model_name(size, base_model)
     check_adapter(lora_weights)
-    clean_leftovers(out)
-    check_out(out, [Path(name), lora_weights], overwrite)
+    sources = [("--base_model", name if Path(name).exists() else None), ("--lora_weights", lora_weights)]
+    check_out(out, sources, overwrite)  # before anything loads; the room is checked once the sizes are known
 
-    tokenizer = models.load_tokenizer(tokenizer_source(lora_weights, name))
+    source = tokenizer_source(lora_weights, name)
+    tokenizer = models.load_tokenizer(source)
+    extra = tokenizer_bytes(source) + (64 << 10)  # the tokenizer and the marker
     if method == "stream":
-        write, stats = stream_writer(name, lora_weights, DTYPES[str(dtype)], tokenizer, out)
+        write, stats = stream_writer(name, lora_weights, torch_dtype(str(dtype)), tokenizer, out, sources, overwrite,
+                                     extra)
     else:
-        write, stats = peft_writer(name, lora_weights, DTYPES[str(dtype)], tokenizer, device)
-    save_atomically(write, out, dict(base_model=name, lora_weights=str(lora_weights), dtype=str(dtype), method=method))
+        write, stats = peft_writer(name, lora_weights, torch_dtype(str(dtype)), tokenizer, device, out, sources,
+                                   overwrite, extra)
+    with io.atomic_folder(out, MARKER, dict(base_model=name, lora_weights=str(lora_weights), dtype=str(dtype),
+                                             method=method)) as folder:
+        write(folder)
+        if not list(folder.glob("*.safetensors")):
+            raise RuntimeError(f"saving the merged model wrote no .safetensors file into {folder}")
     what = (f"{stats['merged']} weights merged, {stats['parameters']:,} parameters, {stats['bytes'] / 2**30:.2f} GiB"
             if method == "stream" else f"{stats['parameters']:,} parameters ({stats['dtype']})")
     print(f"merged {lora_weights} into {name} ({method}): {what} -> {out} in {time.perf_counter() - start:.1f}s")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from alpaca_cot import DATA_DIR, cot
+from alpaca_cot import DATA_DIR, cot, io, outputs
 from alpaca_cot.cli import UserError, as_list, run
 from alpaca_cot.io import write_json_atomic, write_jsonl_atomic
 
@@ -32,9 +32,12 @@ def parse_datasets(datasets):
     return names
 
 
-def tsv_paths(src, names) -> dict:
+def tsv_paths(src, names, download: bool = True) -> dict:
+    """The TSV of each dataset: in --src, or (without it) FLAN's downloaded into data/flan_cot (download=False:
+    where they will be)."""
     if src is None:
-        return {n: cot.download(n, DATA_DIR / "flan_cot") for n in names}
+        folder = DATA_DIR / "flan_cot"
+        return {n: cot.download(n, folder) if download else folder / f"{n}_train.tsv" for n in names}
     if not Path(src).is_dir():
         raise UserError(f"--src {src}: not a directory")
     paths = {n: Path(src) / f"{n}_train.tsv" for n in names}
@@ -46,8 +49,20 @@ def tsv_paths(src, names) -> dict:
     return {n: p for n, p in paths.items() if n not in missing}
 
 
+def planned(out, eval_out, per_dataset_dir, formatted: dict, evaluation=None, sized: bool = False) -> list:
+    """What the script writes (outputs.Output); sized: with the bytes of the formatted records."""
+    def size(records, lines=False):
+        return io.json_size(records, lines) if sized else 0
+
+    merged = [r for records in formatted.values() for r in records] if sized else None
+    per_dataset = [outputs.Output(Path(per_dataset_dir) / f"{n}_train.json", "--per_dataset_dir", "json",
+                             size(records)) for n, records in formatted.items()] if per_dataset_dir else []
+    return [outputs.Output(out, "--out", "json", size(merged)),
+            eval_out and outputs.Output(eval_out, "--eval_out", "jsonl", size(evaluation, lines=True)), *per_dataset]
+
+
 def main(src=None, out="data/CoT_data.json", style="original", seed=42, datasets="all",
-         per_dataset_dir=None, holdout=0, eval_out=None):
+         per_dataset_dir=None, holdout=0, eval_out=None, overwrite=False):
     """Format FLAN CoT TSVs into instruction records, optionally holding out evaluation questions.
 
     Args:
@@ -59,13 +74,22 @@ def main(src=None, out="data/CoT_data.json", style="original", seed=42, datasets
         per_dataset_dir: also write one <name>_train.json per dataset into this folder
         holdout: questions per dataset moved into the evaluation file (0: none)
         eval_out: the evaluation JSONL (default: beside --out, named <out stem>_eval.jsonl)
+        overwrite: replace output files that exist (only JSON files, as this script writes)
     """
     start = time.perf_counter()
     if style not in cot.STYLES:
         raise UserError(f"unknown --style {style!r}: use one of {', '.join(cot.STYLES)}")
     if not isinstance(holdout, int) or isinstance(holdout, bool) or holdout < 0:
         raise UserError(f"--holdout must be a whole number >= 0, got {holdout!r}")
-    paths = tsv_paths(src, parse_datasets(datasets))
+    names = parse_datasets(datasets)
+    if holdout:
+        eval_out = Path(eval_out or Path(out).with_name(Path(out).stem + "_eval.jsonl"))
+    # The output rule (alpaca_cot/outputs.py) before any download or read: no output is an input TSV, an existing
+    # one needs --overwrite, every folder is writable; the space is checked once the records are formatted.
+    paths = tsv_paths(src, names, download=False)
+    eval_out = eval_out if holdout else None
+    outputs.check_outputs(planned(out, eval_out, per_dataset_dir, paths), [("TSV", p) for p in paths.values()], overwrite)
+    paths = paths if src is not None else tsv_paths(src, names)
     templates = cot.load_templates()
     rng = random.Random(seed)
     rows, formatted = {}, {}
@@ -76,7 +100,8 @@ def main(src=None, out="data/CoT_data.json", style="original", seed=42, datasets
     evaluation = []
     if holdout:
         formatted, evaluation, repeats = cot.holdout(formatted, rows, holdout, seed)
-        eval_out = Path(eval_out or Path(out).with_name(Path(out).stem + "_eval.jsonl"))
+    outputs.check_space(planned(out, eval_out, per_dataset_dir, formatted, evaluation, sized=True))
+    if holdout:
         write_jsonl_atomic(evaluation, eval_out)
         print(f"held out {len(evaluation)} questions -> {eval_out}; dropped {repeats} training rows "
               "that repeat one of them")

@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from alpaca_cot import DATA_DIR, catalog, models, report, study, study_cells
+from alpaca_cot import DATA_DIR, catalog, outputs, report, study, study_cells
 from alpaca_cot.cli import UserError, as_list, run
 from alpaca_cot.io import write_json_atomic
 
@@ -24,16 +24,17 @@ from alpaca_cot.io import write_json_atomic
 RUN_ONLY = ("command", "workers")
 
 
-def check_config(out: Path, config: dict):
-    """A study folder belongs to one configuration: continuing it with other settings would mix runs."""
+def check_config(out: Path, config: dict) -> bool:
+    """A study folder belongs to one configuration: continuing it with other settings would mix runs.
+    Returns whether the folder has none yet (config.json is written once the data is prepared)."""
     path = out / "config.json"
     if path.is_file():
         old = json.loads(path.read_text())
         changed = sorted(k for k in set(old) | set(config) if k not in RUN_ONLY and old.get(k) != config.get(k))
         if changed:
             raise UserError(f"{out} holds a study with other settings ({', '.join(changed)}); use another --out")
-        return  # the first command stays on record
-    write_json_atomic(config, path)
+        return False  # the first command stays on record
+    return True
 
 
 def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str = None, belle: str = None,
@@ -80,6 +81,8 @@ def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str =
             (never evaluation rows) before every FLAN CoT question (0: zero-shot)
         workers: cells run at once, each in its own process (a GPU holds several small models); 1: in this one
     """
+    from alpaca_cot import models
+
     for flag, value in (("records_per_source", records_per_source), ("cot_eval_per_dataset", cot_eval_per_dataset),
                         ("chinese_eval", chinese_eval), ("english_eval", english_eval),
                         ("belle_eval_records", belle_eval_records), ("eval_batch_size", eval_batch_size),
@@ -113,11 +116,22 @@ def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str =
                   eval_batch_size=eval_batch_size, seeds=seeds, eval_seed=eval_seed, shots=shots, workers=workers,
                   command="python " + " ".join(shlex.quote(a) for a in sys.argv))
     out = Path(out)
-    check_config(out, config)
+    base_path = models.base_model_name(base_model=base_model)  # every input is checked before anything is written
+    # The output rule (alpaca_cot/outputs.py); each training cell checks the room for its adapter when it is built.
+    answers = (2 * 9 * cot_eval_per_dataset + chinese_eval + belle_eval_records + english_eval) * \
+        (len(mixes) * len(seeds) + 1)
+    size = outputs.estimate_bytes(4 * records_per_source * len(seeds) + answers, answers, max_new_tokens)
+    outputs.check_outputs([outputs.Output(out, "--out", "folder", size, ("config.json", "data/manifest.json"), "continue")],
+                     [*((f"--{name}", path) for name, path in sources.items()),
+                      ("--base_model", base_path if Path(base_path).exists() else None)], what="a study folder")
+    new = check_config(out, config)
     manifest_path = out / "data" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else study.prepare(out, sources, config)
+    # Prepared again unless config.json, written after the data, says the data in the folder is this study's.
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() and not new else \
+        study.prepare(out, sources, config)
+    if new:
+        write_json_atomic(config, out / "config.json")
     print(f"data: {json.dumps(manifest, ensure_ascii=False)}")
-    base_path = models.base_model_name(base_model=base_model)
     study_cells.run_cells(out, base_path, config, workers)
     report.write_report(out, config, manifest)
     print(f"wrote {out / 'report.md'}")

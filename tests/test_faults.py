@@ -197,8 +197,11 @@ def test_checkpoints_of_another_run_are_refused_or_cleared(reference, tiny_llama
 
 def test_output_dir_in_the_base_model_is_refused(tiny_llama, small_data):
     before = {p.name: p.read_bytes() for p in tiny_llama.iterdir() if p.is_file()}
-    with pytest.raises(UserError, match="inside the base model"):
-        finetune(**flags(tiny_llama, small_data, tiny_llama, max_steps=1), overwrite=True)
+    for out, words in ((tiny_llama, "is the input --base_model"), (tiny_llama / "out", "lies inside the input --base_model"),
+                       (tiny_llama.parent, "contains the input --base_model"),
+                       (small_data.parent, "contains the input --data")):
+        with pytest.raises(UserError, match=words):
+            finetune(**flags(tiny_llama, small_data, out, max_steps=1), overwrite=True)
     assert {p.name: p.read_bytes() for p in tiny_llama.iterdir() if p.is_file()} == before
 
 
@@ -271,7 +274,7 @@ def test_export_never_deletes_a_source(reference, tiny_llama, tmp_path):
         shutil.copy(reference / name, adapter / name)
     export = load_export()
     for out in (tmp_path / "models", tmp_path, adapter / "merged", base / "merged"):
-        with pytest.raises(UserError, match="contains or is inside"):
+        with pytest.raises(UserError, match="contains the input|lies inside the input"):
             export.main(base_model=str(base), lora_weights=str(adapter), out=str(out), overwrite=True)
     assert (base / "config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     notes = tmp_path / "notes"
@@ -280,7 +283,9 @@ def test_export_never_deletes_a_source(reference, tiny_llama, tmp_path):
     with pytest.raises(UserError, match="not a previous export"):
         export.main(base_model=str(base), lora_weights=str(adapter), out=str(notes), overwrite=True)
     assert (notes / "todo.txt").read_text() == "mine"
-    (tmp_path / ".merged.saving-99").mkdir()  # left by a killed export
+    killed = subprocess.Popen(["true"])
+    killed.wait()
+    (tmp_path / f".merged.saving-{killed.pid}").mkdir()  # left by a killed export (its process is gone)
     export.main(base_model=str(base), lora_weights=str(adapter), out=str(tmp_path / "merged"), dtype="float32")
     export.main(base_model=str(base), lora_weights=str(adapter), out=str(tmp_path / "merged"), overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "models", "notes"]
@@ -382,7 +387,7 @@ def test_generate_output_file_rules(tmp_path, tiny_llama, reference, generate_ma
     (tmp_path / "taken.jsonl").write_text("earlier answers\n")
     (tmp_path / "folder").mkdir()
     common = ["--base_model", tiny_llama, "--lora_weights", reference, "--input_file", questions]
-    for output, words in ((questions, "is the --input_file"), (tmp_path / "taken.jsonl", "--overwrite"),
+    for output, words in ((questions, "is the input --input_file"), (tmp_path / "taken.jsonl", "--overwrite"),
                           (tmp_path / "folder", "is a folder")):
         code, err = run_cli(generate_main, [*common, "--output_file", output], monkeypatch, capsys)
         one_error_line(code, err, str(output), words)

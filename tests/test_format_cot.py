@@ -147,14 +147,14 @@ def test_script_bad_row_writes_nothing(tmp_path):
     out = tmp_path / "out.json"
     for existing in (False, True):
         if existing:
-            out.write_text("previous", encoding="utf-8")
-        r = script("--src", src, "--out", out, "--datasets", "aqua")
+            out.write_text('["previous"]', encoding="utf-8")
+        r = script("--src", src, "--out", out, "--datasets", "aqua", *(["--overwrite"] if existing else []))
         assert r.returncode != 0
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1, r.stderr
         assert "aqua_train.tsv" in lines[0] and "line 2" in lines[0] and "got 2" in lines[0]
         if existing:
-            assert out.read_text(encoding="utf-8") == "previous"
+            assert out.read_text(encoding="utf-8") == '["previous"]'
         else:
             assert not out.exists()
         # no temp file left beside --out

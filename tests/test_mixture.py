@@ -57,10 +57,22 @@ def test_max_records_per_source(data_dir):
 
 @pytest.mark.parametrize("spec, message", [("alpaca:x", "after ':' comes a record count"),
                                            ("alpaca:0", "must be > 0"), ("alpaca:0.0", "must be > 0"),
-                                           ("alpaca:-1", "after ':' comes")])
+                                           # one piece, not split on its '-': the count is what is wrong
+                                           ("alpaca:-1", "'alpaca:-1': the count or weight after ':' must be > 0"),
+                                           ("alpaca:-0.5-cot", "'alpaca:-0.5': the count or weight")])
 def test_bad_specs(data_dir, spec, message):
     with pytest.raises(UserError, match=message):
         load(spec, data_dir)
+
+
+def test_a_source_named_twice_with_two_counts_is_refused(data_dir, tmp_path):
+    """demo:5,demo:10 used to keep the first count and drop the second without a word."""
+    with pytest.raises(UserError, match=r"'alpaca:5,alpaca:10' names .*alpaca_data_cleaned.json twice, with ':5' "
+                                        r"and ':10'; name each source once"):
+        load("alpaca:5,alpaca:10", data_dir)
+    with pytest.raises(UserError, match="twice, with all its records and ':3'"):
+        load(f"alpaca,{data_dir / 'alpaca_data_cleaned.json'}:3", data_dir)
+    assert len(load("alpaca:5-alpaca:5", data_dir)[0]["output"]) == 5  # the same count twice: read once
 
 
 def test_paths_take_specs_too(data_dir, tmp_path):
@@ -122,6 +134,33 @@ def test_decontaminate_file_errors(data_dir, tmp_path):
     bad.write_text('{"instruction": "ok"}\n{"answer": "no question"}\n')
     with pytest.raises(UserError, match=r"bad.jsonl: line 2: field 'instruction' \(or 'question'\) is missing"):
         load("alpaca", data_dir, decontaminate=str(bad))
+
+
+def test_an_empty_decontaminate_file_is_refused(data_dir, tmp_path):
+    """An empty evaluation file used to remove nothing without a word."""
+    for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n\n"), ("empty.json", "[]")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError, match=f"{name}: no evaluation rows in this --decontaminate file"):
+            load("alpaca", data_dir, decontaminate=str(tmp_path / name))
+
+
+def test_near_matching_shows_a_progress_bar(data_dir, tmp_path, monkeypatch):
+    bars = []
+    real = dedup.tqdm
+
+    def recording(**kwargs):
+        bars.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(dedup, "tqdm", recording)
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text(json.dumps({"instruction": "Unrelated question nobody asked?"}) + "\n")
+    load("alpaca-cot", data_dir, dedup_mode="near", decontaminate=str(eval_file))
+    shown = [(b["desc"], b["total"]) for b in bars if b["disable"] is not True]  # None: shown on a terminal
+    assert shown == [("near decontamination", 90), ("near dedup", 90)]
+    bars.clear()
+    load("alpaca-cot", data_dir, dedup_mode="exact", decontaminate=str(eval_file))
+    assert all(b["disable"] is True for b in bars)  # exact matching is fast: no bar
 
 
 def test_output_folder_names_drop_mixture_specs():

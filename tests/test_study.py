@@ -62,7 +62,7 @@ def test_study_runs_every_cell_resumes_after_a_kill_and_reports(tiny_llama, shar
     summary = json.loads((out / "summary.json").read_text())
     models = {"base", "alpaca/seed-1", "alpaca/seed-2", "alpaca-cot/seed-1", "alpaca-cot/seed-2"}
     for model in models:
-        rows = evaluation.read_predictions(out / "results" / model / "predictions.jsonl")
+        rows = evaluation.read_predictions(evaluation.predictions_file(out / "results" / model))
         assert all(isinstance(r["finished"], bool) and r["output_tokens"] >= 0 for r in rows)
         rescored = evaluation.summarize([evaluation.score_row(r) for r in rows])
         assert json.loads((out / "results" / model / "summary.json").read_text()) == rescored, model
