@@ -170,3 +170,17 @@ def test_a_prediction_row_without_its_dataset_is_one_line(tmp_path):
     bad.write_text('{"task": "cot", "instruction": "q", "output": "o", "gold": "yes"}\n', encoding="utf-8")
     r = run_python(ROOT / "scripts" / "evaluate.py", "--predictions", bad)
     assert one_error_line(r) == f"error: {bad}: line 1: not a prediction row (field 'dataset')"
+
+
+def test_the_scorer_reads_what_people_read():
+    """study/scoring-validation: 602 outputs of the two studies, each read by two people (11 + 2 adjudicated);
+    the scorer must agree with their reading on at least 97% of them."""
+    from alpaca_cot import validation
+
+    folder = ROOT / "study" / "scoring-validation"
+    sample, labels = (validation.read_rows(folder / name) for name in ("sample.jsonl", "labels.jsonl"))
+    assert len(labels) == len(sample) >= 300 and {r["sample_id"] for r in sample} == {r["sample_id"] for r in labels}
+    assert all(len(r["labellers"]) == 2 for r in labels)
+    result = validation.agreement(sample, labels)
+    assert set(result["batches"]) == {"dev", "test", "heldout", "all"}
+    assert result["batches"]["all"]["scorer_share"] >= 0.97, result["disagreements"]
