@@ -27,7 +27,7 @@ demo: setup
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
 test: setup
-	$(BIN)/python -m pytest -q -rs tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -rs -n 2 tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 clean-demo:
 	rm -rf $(DEMO_ADAPTER)

@@ -24,6 +24,7 @@ Gold answers are read by `gold`, the same forms without the fallbacks.
 """
 
 import difflib
+import functools
 import re
 
 PHRASE = re.compile(r"\banswer\s*(?:is\b|:)", re.IGNORECASE)
@@ -86,6 +87,12 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+@functools.lru_cache(maxsize=65536)
+def _pattern(option: str) -> re.Pattern:
+    """An option's text as a whole-word pattern (compiled once: a study reads tens of thousands of outputs)."""
+    return re.compile(r"(?<!\w)" + re.escape(option) + r"(?!\w)")
+
+
 def _option_hits(text: str, question: str, keyed: bool) -> list[tuple[int, str]]:
     """(position, option) of every option text in text; overlapping hits keep the longest. keyed: only the
     options whose key differs from their text (letters, sentences)."""
@@ -94,7 +101,7 @@ def _option_hits(text: str, question: str, keyed: bool) -> list[tuple[int, str]]
     for key, value in options(question).items():
         if keyed == (key == value):
             continue
-        for m in re.finditer(r"(?<!\w)" + re.escape(_norm(value)) + r"(?!\w)", low):
+        for m in _pattern(_norm(value)).finditer(low):
             spans.append((m.start(), -len(m.group()), key))
     hits, covered = [], -1
     for start, negative_length, key in sorted(spans):

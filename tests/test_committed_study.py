@@ -48,7 +48,8 @@ def test_held_out_sets_and_training_draws_rederive_and_never_meet(shared_dir, tm
     for seed in CONFIG["seeds"]:
         train = [r for name in study.SOURCES for r in json.loads((tmp_path / "data" / f"seed-{seed}" / f"{name}.json").read_text())]
         keys = {study.key(r) for r in train}
+        joined = "\n".join(keys)  # one search per question for "no training record contains it"
         for task in evaluation.TASKS:
             for item in evaluation.load_items(tmp_path / "eval" / f"{task}.jsonl", task):
                 assert study.key(item) not in keys
-                assert not any(study.key(item) in k for k in keys if len(study.key(item)) >= 40)
+                assert len(study.key(item)) < 40 or study.key(item) not in joined
