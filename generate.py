@@ -39,7 +39,8 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
         lora_weights: the adapter folder or hub id; wins over --size and --data.
         quantization: none (16-bit), 8bit or 4bit.
         recipe: default, or 2023 (the original Alpaca-CoT decoding and prompt); explicit flags win.
-        prompt_template_name: a template in templates/ (alpaca; alpaca_legacy with --recipe 2023).
+        prompt_template_name: a template in templates/ (alpaca; alpaca_legacy with --recipe 2023; chat: the
+            tokenizer's own chat template, as the adapter was trained with it).
         instruction: answer this one instruction and print the answer.
         input: the instruction's input (context), if it has one.
         input_file: answer every record of this .json or .jsonl file.

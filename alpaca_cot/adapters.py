@@ -41,14 +41,19 @@ def finish_interrupted_save(folder: Path):
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def save_adapter(model, tokenizer, folder: Path, state_dict: dict | None = None):
+def save_adapter(model, tokenizer, folder: Path, state_dict: dict | None = None, convert_from: Path | None = None):
     """Stage the adapter and tokenizer, commit the staging folder with one rename, then move its files in.
-    state_dict: the adapter's weights when the model holds only shards of them (FSDP)."""
+    state_dict: the adapter's weights when the model holds only shards of them (FSDP). convert_from: the
+    adapter as PiSSA or OLoRA initialised it; the saved one is then peft's conversion to a plain LoRA of twice
+    the rank, which applies to the unchanged base."""
     folder.mkdir(parents=True, exist_ok=True)
     finish_interrupted_save(folder)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder))
     try:
-        model.save_pretrained(staging, **({} if state_dict is None else {"state_dict": state_dict}))
+        extra = {} if state_dict is None else {"state_dict": state_dict}
+        if convert_from is not None:
+            extra["path_initial_model_for_weight_conversion"] = str(convert_from)
+        model.save_pretrained(staging, **extra)
         tokenizer.save_pretrained(staging)
         for f in ADAPTER_FILES:
             if not (staging / f).is_file() or (staging / f).stat().st_size == 0:

@@ -40,7 +40,10 @@ def run_config(f, files, n_records: int) -> dict:
                 output_dir=str(f.output_dir), gradient_accumulation_steps=f.accumulation, world_size=f.world,
                 lora_target_modules=f.target_modules, prompt_template=f.prompt_template_name, records=n_records,
                 **{k: getattr(f, k) for k in keys}, **({"fsdp": True} if f.fsdp else {}),
-                **({"balance_ranks": False} if not f.balance_ranks else {}))  # others' records unchanged
+                **({"balance_ranks": False} if not f.balance_ranks else {}),  # others' records unchanged
+                **({"chat_template_sha256": f.chat_template_sha256} if getattr(f, "chat_template_sha256", None) else {}),
+                **{k: getattr(f, k) for k, default in (("use_dora", False), ("use_rslora", False),
+                                                       ("init_lora_weights", "default")) if getattr(f, k) != default})
 
 
 def run_record(config: dict, files: list[Path]) -> dict:

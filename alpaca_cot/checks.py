@@ -6,6 +6,7 @@ can run here (finetune, generate, the export). Each failure is a one-line `UserE
 """
 
 import importlib.util
+import re
 
 from .cli import UserError, as_list
 from .preprocess import Prompter
@@ -86,6 +87,28 @@ def check_finetune_flags(**flags):
         raise UserError(f"--num_epochs must be > 0 unless --max_steps is, got {epochs!r}")
     check_report_to(flags["report_to"])
     Prompter(flags["prompt_template_name"])
+    check_lora_variant(flags)
+
+
+INITS = ("default", "gaussian", "olora", "pissa")
+
+
+def check_lora_variant(flags: dict):
+    """--use_dora, --use_rslora and --init_lora_weights: peft's LoRA variants, and where each can run."""
+    for flag in ("use_dora", "use_rslora"):
+        if not isinstance(flags[flag], bool):
+            raise UserError(f"--{flag} must be True or False, got {flags[flag]!r}")
+    init = flags["init_lora_weights"]
+    if not isinstance(init, str) or not (init in INITS or re.fullmatch(r"pissa_niter_[1-9]\d*", init)):
+        raise UserError(f"--init_lora_weights must be one of {', '.join(INITS)} or pissa_niter_N, got {init!r}")
+    if init.startswith(("pissa", "olora")) and flags["quantization"] != "none":
+        raise UserError(f"--init_lora_weights {init} rewrites the base weights it starts from, which a "
+                        f"{flags['quantization']} base cannot hold exactly; use --quantization none")
+    if flags["use_dora"] and flags["quantization"] == "8bit":
+        raise UserError("--use_dora does not train on an 8-bit base in peft; use --quantization 4bit or none")
+    if (flags["use_dora"] or init != "default") and (flags["fsdp"] or flags["device_map"]):
+        raise UserError("--use_dora and --init_lora_weights other than default run on one process and one device "
+                        "here; drop --fsdp / --device_map")
 
 
 def check_quantization(quantization: str):

@@ -64,6 +64,7 @@ class Generator:
             check_adapter_source(lora_weights)
         self.tokenizer = models.load_tokenizer(tokenizer_source(lora_weights, base_model))
         self.tokenizer.padding_side = "left"
+        self.prompter.bind(self.tokenizer)
         check_device_map(device_map)
         model = models.load_model(base_model, quantization, device_map=device_map)
         if lora_weights is not None:
@@ -90,7 +91,7 @@ class Generator:
     def ids(self, prompt) -> list[int]:
         """A prompt's ids: a text prompt is encoded as training encoded it; a list of ids (a conversation,
         from preprocess.prompt_ids) is used as it is."""
-        return list(prompt) if isinstance(prompt, (list, tuple)) else encode_prompt(self.tokenizer, prompt)
+        return list(prompt) if isinstance(prompt, (list, tuple)) else encode_prompt(self.tokenizer, prompt, self.prompter)
 
     def _batch(self, prompts: list) -> dict:
         ids = [self.ids(p) for p in prompts]

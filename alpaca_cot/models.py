@@ -186,11 +186,22 @@ def enable_checkpointing(model):
     model.enable_input_require_grads()
 
 
+def lora_variant(use_dora=False, use_rslora=False, init_lora_weights="default") -> dict:
+    """LoraConfig's arguments for --use_dora, --use_rslora and --init_lora_weights."""
+    init = True if init_lora_weights == "default" else init_lora_weights
+    return {"use_dora": use_dora, "use_rslora": use_rslora, "init_lora_weights": init}
+
+
+def converts_on_save(init_lora_weights: str) -> bool:
+    """PiSSA and OLoRA change the base weights they start from; their adapters are saved converted."""
+    return str(init_lora_weights).startswith(("pissa", "olora"))
+
+
 def lora_model(name, quantization, tokenizer, gradient_checkpointing, lora_r, lora_alpha, lora_dropout,
                target_modules, fused_kernels=False, attn_implementation="sdpa", upcast_norms=False,
-               device_map=None, sharded=False):
+               device_map=None, sharded=False, variant: dict | None = None):
     """The base model, quantized or not, wrapped with a fresh LoRA adapter. sharded (FSDP): placement is left
-    to FSDP (sharding.fsdp_args)."""
+    to FSDP (sharding.fsdp_args). variant: peft's LoRA variants (lora_variant)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if sharded:
@@ -212,7 +223,7 @@ def lora_model(name, quantization, tokenizer, gradient_checkpointing, lora_r, lo
         enable_checkpointing(model)
     model.config.use_cache = False  # training needs no KV cache; packing needs its absence too
     lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
-                      bias="none", task_type="CAUSAL_LM")
+                      bias="none", task_type="CAUSAL_LM", **(variant or {}))
     try:
         model = get_peft_model(model, lora)
     except ValueError as e:

@@ -36,9 +36,14 @@ REQUIRED = ("prompt_input", "prompt_no_input")
 
 
 class Prompter:
-    """A prompt template: one small class over a JSON file in templates/, its required keys checked."""
+    """A prompt template: one small class over a JSON file in templates/, its required keys checked.
 
-    def __init__(self, template_name: str = "alpaca"):
+    A template with `"chat": true` (templates/chat.json) is the tokenizer's own chat template instead: the
+    prompt is the conversation rendered up to the assistant's turn, an answer ends with what the template
+    writes after an assistant message (its end-of-turn token), and the template's special tokens are text
+    the tokenizer reads as special (in user text too, as every chat template does). It needs the tokenizer."""
+
+    def __init__(self, template_name: str = "alpaca", tokenizer=None):
         known = sorted(p.stem for p in TEMPLATES_DIR.glob("*.json"))
         if not isinstance(template_name, str) or not re.fullmatch(r"[A-Za-z0-9_][\w.-]*", template_name):
             raise UserError(f"--prompt_template_name {template_name!r}: a template is a name in {TEMPLATES_DIR} "
@@ -53,18 +58,68 @@ class Prompter:
             raise UserError(f"{path}: not valid JSON ({e.msg}; line {e.lineno})") from None
         if not isinstance(self.template, dict):
             raise UserError(f"{path}: a prompt template is a JSON object, got a {type(self.template).__name__}")
-        missing = [k for k in REQUIRED if not isinstance(self.template.get(k), str)]
+        self.chat = self.template.get("chat") is True
+        missing = [k for k in REQUIRED if not isinstance(self.template.get(k), str)] if not self.chat else []
         if missing:
             raise UserError(f"{path}: prompt template without {', '.join(repr(k) for k in missing)}")
+        self.tokenizer = None
+        if tokenizer is not None:
+            self.bind(tokenizer)
+
+    def bind(self, tokenizer):
+        """The tokenizer whose chat template a chat Prompter renders (checked: it must have one)."""
+        if self.chat and not getattr(tokenizer, "chat_template", None):
+            raise UserError(f"--prompt_template_name {self.name}: the tokenizer of "
+                            f"{getattr(tokenizer, 'name_or_path', 'this model')} has no chat template; use alpaca")
+        self.tokenizer = tokenizer
+        return self
+
+    def render(self, messages: list[dict], generation_prompt: bool) -> str:
+        if self.tokenizer is None:
+            raise ValueError("a chat Prompter renders with its tokenizer: Prompter(name, tokenizer)")
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def chat_turns(self, history: list, instruction: str, input: str, answer: str) -> tuple[list[str], list[str]]:
+        """The rendered conversation cut into (prompt, answer) pieces whose concatenation is the whole text:
+        each prompt up to the assistant's turn, each answer with the template's end of turn (the last one
+        without what follows its end-of-turn token)."""
+        messages = []
+        for user, assistant in [*history, (f"{instruction}\n\n{input}" if input else instruction, answer)]:
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        prompts, answers, done = [], [], ""
+        for k in range(0, len(messages), 2):
+            asked, said = self.render(messages[:k + 1], True), self.render(messages[:k + 2], False)
+            if not (asked.startswith(done) and said.startswith(asked)):
+                raise UserError(f"the chat template of {self.tokenizer.name_or_path} does not render a conversation "
+                                "as the start of its continuation, so its turns cannot be masked; use alpaca")
+            prompts.append(asked[len(done):])
+            answers.append(said[len(asked):])
+            done = said
+        for k, said in enumerate(answers):  # an answer ends on its end-of-turn token; what follows opens the next turn
+            answers[k] = said.rstrip()
+            if k + 1 < len(prompts):
+                prompts[k + 1] = said[len(answers[k]):] + prompts[k + 1]
+        return prompts, answers
 
     def prompt(self, instruction: str, input: str = "") -> str:
         """The text the model sees before its response."""
+        if self.chat:
+            return self.chat_turns([], instruction, input, "")[0][0]
         # str.replace, not str.format: user text may hold braces.
         if input:
             text = self.template["prompt_input"].replace("{input}", input)
         else:
             text = self.template["prompt_no_input"]
         return text.replace("{instruction}", instruction, 1)
+
+    def response(self, output: str) -> str:
+        """A training record's response as the model learns it: the output, and for a chat template the end of
+        the assistant's turn (an alpaca response ends with the EOS id instead, `ends_with_eos`)."""
+        return self.chat_turns([], "x", "", output)[1][-1] if self.chat else output
+
+    @property
+    def ends_with_eos(self) -> bool:
+        return not self.chat
 
     @property
     def stop(self) -> str | None:
@@ -87,20 +142,29 @@ def _bos(tokenizer) -> list[int]:
     return [bos] if tokenizer("a")["input_ids"][:1] == [bos] else []
 
 
+def _split_special(prompter) -> bool:
+    """A literal "</s>" in user text is text, not the EOS id; a chat template's markers are special tokens."""
+    return not prompter.chat
+
+
+def _bos_for(tokenizer, prompter) -> list[int]:
+    return [] if prompter.chat else _bos(tokenizer)  # a chat template writes its own BOS, if it has one
+
+
 def encode_batch(batch: dict, tokenizer, prompter, cutoff_len: int, train_on_inputs: bool = False) -> dict:
     """For datasets.map(batched=True): adds input_ids, labels, length, truncated, prompt_too_long."""
     prompts = [prompter.prompt(i, x) for i, x in zip(batch["instruction"], batch["input"])]
-    texts = [p + o for p, o in zip(prompts, batch["output"])]
-    # split_special_tokens: a literal "</s>" in user text is text, not the EOS id.
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
-    bos = _bos(tokenizer)
-    eos = tokenizer.eos_token_id
+    texts = [p + prompter.response(o) for p, o in zip(prompts, batch["output"])]
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
+                    split_special_tokens=_split_special(prompter))
+    bos = _bos_for(tokenizer, prompter)
+    end = [tokenizer.eos_token_id] if prompter.ends_with_eos else []
     out = {"input_ids": [], "labels": [], "length": [], "truncated": [], "prompt_too_long": []}
     for prompt, ids, offsets in zip(prompts, enc["input_ids"], enc["offset_mapping"]):
         n_prompt = len(bos) + bisect_left(offsets, len(prompt), key=lambda span: span[0])
         ids = bos + ids
-        truncated = len(ids) + 1 > cutoff_len
-        ids = ids[:cutoff_len] if truncated else ids + [eos]
+        truncated = len(ids) + len(end) > cutoff_len
+        ids = ids[:cutoff_len] if truncated else ids + end
         labels = list(ids) if train_on_inputs else ([IGNORE] * n_prompt + ids[n_prompt:])[: len(ids)]
         out["input_ids"].append(ids)
         out["labels"].append(labels)
@@ -111,19 +175,30 @@ def encode_batch(batch: dict, tokenizer, prompter, cutoff_len: int, train_on_inp
     return out
 
 
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
+def encode_prompt(tokenizer, prompt: str, prompter=None) -> list[int]:
     """The ids generation feeds the model: the same BOS and special-token rules as training."""
-    ids = tokenizer(prompt, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    return _bos(tokenizer) + ids
+    chat = prompter is not None and prompter.chat
+    ids = tokenizer(prompt, add_special_tokens=False, split_special_tokens=not chat)["input_ids"]
+    return ids if chat else _bos(tokenizer) + ids
 
 
 def prompt_overhead(tokenizer, prompter) -> int:
-    """Tokens the template costs with an empty instruction and input, plus BOS and EOS."""
-    return len(encode_prompt(tokenizer, prompter.prompt("x"))) + 1
+    """Tokens the template costs with an empty instruction and input, plus BOS and the response's end."""
+    end = len(encode_prompt(tokenizer, prompter.response(""), prompter)) if prompter.chat else 1
+    return len(encode_prompt(tokenizer, prompter.prompt("x"), prompter)) + end
+
+
+def turn_texts(prompter, history: list, instruction: str, input: str, output: str) -> tuple[list[str], list[str]]:
+    """Every turn's prompt and answer text (a chat template's answers with their end of turn)."""
+    if prompter.chat:
+        return prompter.chat_turns(history, instruction, input, output)
+    return turn_prompts(prompter, history, instruction, input), [a for _, a in history] + [output]
 
 
 def turn_prompts(prompter, history: list, instruction: str, input: str = "") -> list[str]:
     """The prompt of every turn: history's user turns, then the instruction (with its input)."""
+    if prompter.chat:
+        return prompter.chat_turns(history, instruction, input, "")[0]
     prompts = [prompter.prompt(user) for user, _ in history] + [prompter.prompt(instruction, input)]
     stop = prompter.stop
     for i in range(1, len(prompts)):
@@ -132,10 +207,13 @@ def turn_prompts(prompter, history: list, instruction: str, input: str = "") -> 
     return prompts
 
 
-def _turn_ids(tokenizer, prompts: list[str], answers: list[str]) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, answer ids) of each turn, tokenised together and split at the prompt's end."""
+def _turn_ids(tokenizer, prompts: list[str], answers: list[str], split_special: bool = True):
+    """(prompt ids, answer ids) of each turn, tokenised together and split at the prompt's end. A chat template's
+    conversation is tokenised in one pass, as the template's own tokenisation does, and split at every piece."""
+    if not split_special:
+        return _split_conversation(tokenizer, prompts, answers)
     texts = [p + a for p, a in zip(prompts, answers)]
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=split_special)
     turns = []
     for prompt, ids, offsets in zip(prompts, enc["input_ids"], enc["offset_mapping"]):
         n = bisect_left(offsets, len(prompt), key=lambda span: span[0])
@@ -143,13 +221,25 @@ def _turn_ids(tokenizer, prompts: list[str], answers: list[str]) -> list[tuple[l
     return turns
 
 
-def _assemble(bos, eos, turns, train_on_inputs: bool, train_on_history: bool) -> tuple[list, list]:
+def _split_conversation(tokenizer, prompts, answers):
+    pieces = [piece for turn in zip(prompts, answers) for piece in turn]
+    enc = tokenizer("".join(pieces), add_special_tokens=False, return_offsets_mapping=True)
+    ends, at = [], 0
+    for piece in pieces:  # a token belongs to the piece its first character is in
+        at += len(piece)
+        ends.append(bisect_left(enc["offset_mapping"], at, key=lambda span: span[0]))
+    ids, starts = enc["input_ids"], [0] + ends[:-1]
+    return [(ids[starts[2 * k]:ends[2 * k]], ids[starts[2 * k + 1]:ends[2 * k + 1]]) for k in range(len(prompts))]
+
+
+def _assemble(bos, end, turns, train_on_inputs: bool, train_on_history: bool) -> tuple[list, list]:
+    """end: the ids after each answer ([EOS]; [] where the answer text ends its turn itself)."""
     ids, labels = list(bos), list(bos) if train_on_inputs else [IGNORE] * len(bos)
     for i, (prompt, answer) in enumerate(turns):
         learn = train_on_history or i == len(turns) - 1
-        ids += prompt + answer + [eos]
+        ids += prompt + answer + end
         labels += prompt if train_on_inputs else [IGNORE] * len(prompt)
-        labels += answer + [eos] if learn else [IGNORE] * (len(answer) + 1)
+        labels += answer + end if learn else [IGNORE] * (len(answer) + len(end))
     return ids, labels
 
 
@@ -157,15 +247,16 @@ def encode_conversation(record: dict, tokenizer, prompter, cutoff_len: int, trai
                         train_on_history: bool = True) -> dict:
     """One record's input_ids, labels, length, truncated and prompt_too_long."""
     history = record.get("history") or []
-    bos, eos = _bos(tokenizer), tokenizer.eos_token_id
+    bos = _bos_for(tokenizer, prompter)
+    end = [tokenizer.eos_token_id] if prompter.ends_with_eos else []
     for start in range(len(history) + 1):
         kept = history[start:]
-        prompts = turn_prompts(prompter, kept, record["instruction"], record["input"])
-        turns = _turn_ids(tokenizer, prompts, [a for _, a in kept] + [record["output"]])
-        ids, labels = _assemble(bos, eos, turns, train_on_inputs, train_on_history)
+        prompts, answers = turn_texts(prompter, kept, record["instruction"], record["input"], record["output"])
+        turns = _turn_ids(tokenizer, prompts, answers, _split_special(prompter))
+        ids, labels = _assemble(bos, end, turns, train_on_inputs, train_on_history)
         if len(ids) <= cutoff_len:
             break
-    last_prompt_end = len(ids) - len(turns[-1][1]) - 1
+    last_prompt_end = len(ids) - len(turns[-1][1]) - len(end)
     truncated = start > 0 or len(ids) > cutoff_len
     if len(ids) > cutoff_len:  # as encode_batch: a cut answer ends without EOS
         ids, labels = ids[:cutoff_len], labels[:cutoff_len]
@@ -220,6 +311,9 @@ def tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_
 
 def prompt_ids(tokenizer, prompter, history: list, instruction: str, input: str = "") -> list[int]:
     """What generation feeds the model for the next answer of a conversation: the ids training saw."""
-    turns = _turn_ids(tokenizer, turn_prompts(prompter, history, instruction, input), [a for _, a in history] + [""])
-    ids, _ = _assemble(_bos(tokenizer), tokenizer.eos_token_id, turns, False, True)
-    return ids[:-1]  # no EOS after the open answer
+    prompts, answers = turn_texts(prompter, history, instruction, input, "")
+    answers[-1] = ""  # the open answer: nothing of it, not even a chat template's end of turn
+    end = [tokenizer.eos_token_id] if prompter.ends_with_eos else []
+    ids, _ = _assemble(_bos_for(tokenizer, prompter), end, _turn_ids(tokenizer, prompts, answers, _split_special(prompter)),
+                       False, True)
+    return ids[:len(ids) - len(end)]  # no EOS after the open answer

@@ -7,7 +7,9 @@ output folder planned) -> build (models.py: the LoRA model; trainer.py: the coll
 Runs as one process or under torchrun / torch.distributed.launch (one process per GPU).
 """
 
+import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,6 +64,9 @@ def finetune(
     lora_alpha: int = 16,
     lora_dropout: float = 0.05,
     lora_target_modules=None,
+    use_dora: bool = False,
+    use_rslora: bool = False,
+    init_lora_weights: str = "default",
     # data and prompt
     prompt_template_name: str = "alpaca",
     train_on_inputs: bool = None,
@@ -120,7 +125,13 @@ def finetune(
         lora_dropout: dropout on the LoRA input, in [0, 1).
         lora_target_modules: modules that get an adapter, comma-separated, or all-linear; peft's defaults for
             the model's architecture when unset (q_proj,v_proj for LLaMA, query_key_value for BLOOM).
-        prompt_template_name: a template in templates/ (alpaca).
+        use_dora: DoRA (peft): the update split into a magnitude and a LoRA direction; 16-bit or 4-bit bases.
+        use_rslora: rank-stabilised LoRA (peft): the update scaled by alpha / sqrt(r) instead of alpha / r.
+        init_lora_weights: default (A random, B zero: the update starts at 0), gaussian, olora, or pissa / pissa_niter_N
+            (the principal singular vectors of each weight; --quantization none). A PiSSA or OLoRA adapter is
+            saved converted, so that it applies to the unchanged base like any other adapter.
+        prompt_template_name: a template in templates/: alpaca, alpaca_legacy, or chat (the tokenizer's own chat
+            template, its turns and end-of-turn token).
         train_on_inputs: also train on the prompt, not only on the response (on with --recipe 2023).
         train_on_history: in multi-turn records, learn every assistant turn; False: only the last one.
         max_records_per_source: draw at most this many records from each --data source (with --seed).
@@ -153,16 +164,34 @@ def finetune(
         distributed.main_process_then_others(lambda: checkpoints.claim(run.output_dir, run.record, run.plan))
         if run.plan.note:
             log(run.plan.note)
+        initial = save_initial_adapter(trainer.model, run)
         result = trainer.train(resume_from_checkpoint=str(run.plan.resume) if run.plan.resume else None)
         adapter = sharding.adapter_state_dict(trainer)  # every rank takes part in gathering a sharded adapter
         if trainer.is_world_process_zero():
-            adapters.save_adapter(trainer.model, run.tokenizer, run.output_dir, state_dict=adapter)
+            adapters.save_adapter(trainer.model, run.tokenizer, run.output_dir, state_dict=adapter, convert_from=initial)
+            if initial is not None:
+                shutil.rmtree(initial, ignore_errors=True)
             checkpoints.write_summary(run.output_dir, result.metrics, trainer.state.log_history, speed.metrics(),
                                       log=log, seconds=round(time.time() - started, 1),
                                       output_dir=str(run.output_dir), quantization=run.flags.quantization)
     distributed.end()
     return trainer
 
+
+
+INITIAL_ADAPTER = "initial_adapter"  # peft names an adapter after its folder: no dots
+
+
+def save_initial_adapter(model, run) -> Path | None:
+    """PiSSA and OLoRA: the adapter as initialised, before any step (a resumed run rebuilds the same one from
+    the same base), which the final save converts against."""
+    if not models.converts_on_save(run.flags.init_lora_weights):
+        return None
+    folder = run.output_dir / INITIAL_ADAPTER
+    if models.is_main_process():
+        shutil.rmtree(folder, ignore_errors=True)
+        model.save_pretrained(folder)
+    return folder
 
 
 def resolve(flags: dict) -> SimpleNamespace:
@@ -208,6 +237,9 @@ def prepare(f: SimpleNamespace) -> SimpleNamespace:
                                   decontaminate=f.decontaminate)
     tokenizer = models.load_tokenizer(f.name)
     tokenizer.padding_side = "right"
+    prompter.bind(tokenizer)  # a chat template is the tokenizer's own, and part of what the run is
+    if prompter.chat:
+        f.chat_template_sha256 = hashlib.sha256(tokenizer.chat_template.encode("utf-8")).hexdigest()
     overhead = prompt_overhead(tokenizer, prompter)
     if f.cutoff_len <= overhead:
         raise UserError(f"--cutoff_len {f.cutoff_len} is smaller than the prompt template alone ({overhead} tokens)")
@@ -238,7 +270,8 @@ def build(run: SimpleNamespace):
     set_seed(f.seed)  # before the adapter's random initialisation, so that --seed reproduces a run
     model = models.lora_model(f.name, f.quantization, run.tokenizer, f.gradient_checkpointing, f.lora_r, f.lora_alpha,
                               f.lora_dropout, f.target_modules, f.fused_kernels, f.attn_implementation, f.upcast_norms,
-                              device_map=f.device_map, sharded=f.fsdp)
+                              device_map=f.device_map, sharded=f.fsdp,
+                              variant=models.lora_variant(f.use_dora, f.use_rslora, f.init_lora_weights))
     if models.is_main_process():  # the adapter's size is known once it is built: room for it and its checkpoints
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         size = checkpoints.expected_bytes(f, len(run.train_data), trainable)

@@ -80,6 +80,7 @@ def main(base_model=None, out=None, prompt_template_name="alpaca", overwrite=Fal
 
         prompter = Prompter(prompt_template_name)
         tokenizer = models.load_tokenizer(base_model)
+        prompter.bind(tokenizer)
     text = table(load_catalog(), tokenizer, prompter)
     if out is None:
         print(text, end="")

@@ -59,7 +59,7 @@ def main(data="cot", base_model=None, size=7, cutoff_len=512, prompt_template_na
                          [("--data", p) for p in catalog.resolve(data)], overwrite)
     columns = data_registry.load(data, skip_bad_records, log=lambda m: print(m, file=sys.stderr))
     tokenizer = models.load_tokenizer(models.base_model_name(size, base_model))
-    stats = length_stats(columns, tokenizer, prompter, cutoff_len, num_proc)
+    stats = length_stats(columns, tokenizer, prompter.bind(tokenizer), cutoff_len, num_proc)
 
     print(f"tokens per record (BOS + prompt + response + EOS) under template {prompter.name}; "
           f"over_cutoff: longer than cutoff_len {cutoff_len}")
