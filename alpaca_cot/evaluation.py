@@ -173,6 +173,10 @@ def markdown(summary: dict, title: str) -> str:
         s = summary["english"]
         lines += [f"English (n={s['n']}): answers in English {percent(s['english_share'])}%, "
                   f"{s['mean_words']} words on average, ROUGE-L {percent(s['rouge_l'])}", ""]
+    if "lm_eval" in summary:
+        from .harness import markdown as harness_markdown
+
+        lines += harness_markdown(summary["lm_eval"])
     return "\n".join(lines)
 
 
@@ -198,7 +202,7 @@ def predictions_file(out_dir) -> Path:
 def write(rows: list[dict], summary: dict, out_dir, title: str, compress: bool = False):
     """predictions.jsonl (compress: predictions.jsonl.gz, replacing the plain one), summary.json and summary.md
     in out_dir, each written whole or not at all."""
-    from .io import atomic_open, write_jsonl_atomic, write_jsonl_gz_atomic
+    from .io import write_jsonl_atomic, write_jsonl_gz_atomic
 
     out_dir = Path(out_dir)
     if compress:
@@ -206,9 +210,16 @@ def write(rows: list[dict], summary: dict, out_dir, title: str, compress: bool =
         (out_dir / "predictions.jsonl").unlink(missing_ok=True)
     else:
         write_jsonl_atomic(rows, out_dir / "predictions.jsonl")
-    with atomic_open(out_dir / "summary.json") as f:
+    write_summary(summary, out_dir, title)
+
+
+def write_summary(summary: dict, out_dir, title: str):
+    """summary.json and summary.md in out_dir, each written whole or not at all."""
+    from .io import atomic_open
+
+    with atomic_open(Path(out_dir) / "summary.json") as f:
         json.dump(summary, f, indent=2, ensure_ascii=False)
-    with atomic_open(out_dir / "summary.md") as f:
+    with atomic_open(Path(out_dir) / "summary.md") as f:
         f.write(markdown(summary, title) + "\n")
 
 

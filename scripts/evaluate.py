@@ -3,6 +3,8 @@
     python scripts/evaluate.py --base_model smollm2-135m [--lora_weights saved-cot7b] --out eval/cot \\
         [--cot_eval data/CoT_data_eval.jsonl] [--chinese_eval F] [--english_eval F] [--limit 100]
     python scripts/evaluate.py --predictions eval/cot/predictions.jsonl     # re-score, no model
+    python scripts/evaluate.py --base_model smollm2-135m --lora_weights saved-cot --out eval/std \\
+        --lm_eval gsm8k,mmlu,ceval-valid,cmmlu                                  # lm-evaluation-harness
 
 Writes predictions.jsonl (prompt, output, extracted answer, gold, correct, per record), summary.json
 and summary.md into --out. Decoding is greedy. The scoring rules are in alpaca_cot/scoring.py.
@@ -21,7 +23,8 @@ OUT_FILES = {"predictions.jsonl": "jsonl", "summary.json": "json", "summary.md":
 def main(base_model: str = None, lora_weights: str = None, out: str = None, cot_eval: str = None,
          chinese_eval: str = None, english_eval: str = None, limit: int = None, batch_size: int = 32,
          max_new_tokens: int = 256, quantization: str = "none", prompt_template_name: str = "alpaca",
-         predictions: str = None, overwrite: bool = False):
+         predictions: str = None, overwrite: bool = False, lm_eval: str = None, lm_eval_include: str = None,
+         lm_eval_fewshot: int = None):
     """Evaluate a model on FLAN CoT, Chinese and English held-out sets, or re-score predictions.
 
     Args:
@@ -38,6 +41,11 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, cot_
         prompt_template_name: a template in templates/
         predictions: re-score this predictions.jsonl instead of generating (no model is loaded)
         overwrite: replace the files of an earlier evaluation in --out
+        lm_eval: standard benchmarks through lm-evaluation-harness, comma-separated task names (gsm8k, mmlu,
+            ceval-valid, cmmlu, ...; their data comes from the hub); the base with the adapter unmerged,
+            results in summary.json and summary.md (--limit: samples per task; needs pip install lm-eval)
+        lm_eval_include: a folder of task YAMLs of your own for --lm_eval (local data files work)
+        lm_eval_fewshot: few-shot examples per --lm_eval question (default: each task's own)
     """
     if predictions is not None:
         if out is not None:
@@ -54,11 +62,16 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, cot_
         if value is not None and value < 1:
             raise UserError(f"--{flag} must be at least 1, got {value}")
     files = {"cot": cot_eval, "chinese": chinese_eval, "english": english_eval}
-    if not any(files.values()):
-        raise UserError("nothing to evaluate: pass --cot_eval, --chinese_eval and/or --english_eval (or --predictions)")
+    if not any(files.values()) and lm_eval is None:
+        raise UserError("nothing to evaluate: pass --cot_eval, --chinese_eval, --english_eval and/or --lm_eval "
+                        "(or --predictions)")
     if out is None:
         raise UserError("--out is required: the folder for predictions.jsonl and summary.json")
-    from alpaca_cot import models
+    if lm_eval is not None and (quantization != "none" or (lm_eval_fewshot is not None and lm_eval_fewshot < 0)):
+        raise UserError("--lm_eval runs the base in 16/32-bit (--quantization none) with --lm_eval_fewshot >= 0")
+    from alpaca_cot import harness, models
+
+    tasks = harness.task_manager(lm_eval, lm_eval_include) if lm_eval is not None else None
 
     name = models.base_model_name(base_model=base_model) if base_model else models.base_model_name()
     outputs.check_outputs(outputs.files_in(out, "--out", OUT_FILES), [
@@ -68,7 +81,10 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, cot_
     outputs.check_space(outputs.files_in(out, "--out", OUT_FILES, outputs.answers_bytes(items, max_new_tokens, 2)))
     title = f"{base_model or name}" + (f" + {lora_weights}" if lora_weights else "")
     summary = evaluation.evaluate(name, lora_weights, items, out, title, batch_size, max_new_tokens, quantization,
-                                  prompt_template_name)
+                                  prompt_template_name) if items else {}
+    if tasks is not None:
+        summary["lm_eval"] = harness.evaluate(name, lora_weights, tasks[1], tasks[0], limit, lm_eval_fewshot, batch_size)
+        evaluation.write_summary(summary, out, title)
     print(evaluation.markdown(summary, title))
     return summary
 
