@@ -22,19 +22,29 @@ from .cli import UserError
 STAGING_PREFIX = ".saving-"
 COMMIT = ".adapter-commit"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# A fully tuned model (finetune --method full) is saved as a unit the same way: its config, its weights.
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
 
 
 def holds_adapter(folder: Path) -> bool:
-    return (folder / COMMIT).is_dir() or any((folder / f).exists() for f in ADAPTER_WEIGHTS)
+    """What finetune saved there: an adapter, or a fully tuned model."""
+    return (folder / COMMIT).is_dir() or any((folder / f).exists() for f in ADAPTER_WEIGHTS) or holds_full_model(folder)
+
+
+def holds_full_model(folder) -> bool:
+    """finetune --method full's output: a whole model (its config and safetensors weights), no adapter."""
+    folder = Path(folder)
+    return (folder / "config.json").is_file() and not (folder / "adapter_config.json").exists() and \
+        any((folder / f).is_file() for f in MODEL_FILES[1:])
 
 
 def finish_interrupted_save(folder: Path):
     """Move in the files of a committed save that a kill interrupted; drop unfinished staging folders."""
     commit = folder / COMMIT
     if commit.is_dir():
-        for path in sorted(commit.iterdir(), key=lambda p: p.name in ADAPTER_FILES):
+        for path in sorted(commit.iterdir(), key=lambda p: p.name in ADAPTER_FILES + MODEL_FILES):
             os.replace(path, folder / path.name)
         commit.rmdir()
     for leftover in folder.glob(STAGING_PREFIX + "*") if folder.is_dir() else ():
@@ -58,6 +68,22 @@ def save_adapter(model, tokenizer, folder: Path, state_dict: dict | None = None,
         for f in ADAPTER_FILES:
             if not (staging / f).is_file() or (staging / f).stat().st_size == 0:
                 raise RuntimeError(f"saving the adapter produced no {f}")
+        os.replace(staging, folder / COMMIT)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    finish_interrupted_save(folder)
+
+
+def save_model(model, tokenizer, folder: Path):
+    """finetune --method full: the whole model and tokenizer, saved as a unit as save_adapter saves an adapter."""
+    folder.mkdir(parents=True, exist_ok=True)
+    finish_interrupted_save(folder)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if not holds_full_model(staging):
+            raise RuntimeError("saving the model produced no config.json and safetensors weights")
         os.replace(staging, folder / COMMIT)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -125,6 +151,16 @@ def check_adapter_source(lora_weights):
         hub.check_hub_reachable(str(lora_weights))
     else:
         check_adapter(lora_weights)
+
+
+def tuned_model(lora_weights, base_model: str) -> tuple[str, str | None]:
+    """(base, adapter) to load: a folder of finetune --method full holds the whole tuned model, which is then the
+    base, with no adapter."""
+    if lora_weights is None or is_hub_adapter(lora_weights) or not Path(lora_weights).is_dir():
+        return base_model, lora_weights
+    io.sweep(Path(lora_weights))
+    finish_interrupted_save(Path(lora_weights))
+    return (str(Path(lora_weights).resolve()), None) if holds_full_model(lora_weights) else (base_model, lora_weights)
 
 
 def tokenizer_source(lora_weights, base_name: str) -> str:

@@ -43,7 +43,8 @@ def run_config(f, files, n_records: int) -> dict:
                 **({"balance_ranks": False} if not f.balance_ranks else {}),  # others' records unchanged
                 **({"chat_template_sha256": f.chat_template_sha256} if getattr(f, "chat_template_sha256", None) else {}),
                 **{k: getattr(f, k) for k, default in (("use_dora", False), ("use_rslora", False),
-                                                       ("init_lora_weights", "default")) if getattr(f, k) != default})
+                                                       ("init_lora_weights", "default"), ("method", "lora"))
+                   if getattr(f, k) != default})
 
 
 def run_record(config: dict, files: list[Path]) -> dict:

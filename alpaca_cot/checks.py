@@ -87,10 +87,32 @@ def check_finetune_flags(**flags):
         raise UserError(f"--num_epochs must be > 0 unless --max_steps is, got {epochs!r}")
     check_report_to(flags["report_to"])
     Prompter(flags["prompt_template_name"])
+    check_method(flags)
     check_lora_variant(flags)
 
 
 INITS = ("default", "gaussian", "olora", "pissa")
+
+
+METHODS = ("lora", "full")
+
+
+def check_method(flags: dict):
+    """--method full trains every weight: in 16/32-bit, on one device per process, with no LoRA options."""
+    method = flags["method"]
+    if method not in METHODS:
+        raise UserError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method != "full":
+        return
+    if flags["quantization"] != "none":
+        raise UserError(f"--method full trains every weight, which a {flags['quantization']} base cannot; pass "
+                        "--quantization none (bf16 on a GPU)")
+    if flags["fsdp"] or flags["device_map"]:
+        raise UserError("--method full runs one whole model per process here; drop --fsdp / --device_map")
+    lora = [f"--{k}" for k, default in (("lora_target_modules", None), ("use_dora", False), ("use_rslora", False),
+                                        ("init_lora_weights", "default")) if flags[k] != default]
+    if lora:
+        raise UserError(f"{', '.join(lora)}: LoRA options, but --method full trains no adapter")
 
 
 def check_lora_variant(flags: dict):

@@ -10,7 +10,7 @@ import threading
 import torch
 
 from . import models
-from .adapters import check_adapter_source, load_adapter, tokenizer_source
+from .adapters import check_adapter_source, load_adapter, tokenizer_source, tuned_model
 from .checks import DECODING_RULES, check_device_map, check_quantization, require
 from .cli import UserError
 from .preprocess import Prompter, encode_prompt
@@ -60,6 +60,7 @@ class Generator:
             raise UserError("--merge needs --quantization none: folding an adapter into 8/4-bit weights loses precision")
         self.compile = compile
         self.prompter = Prompter(prompt_template_name)
+        base_model, lora_weights = tuned_model(lora_weights, base_model)
         if lora_weights is not None:
             check_adapter_source(lora_weights)
         self.tokenizer = models.load_tokenizer(tokenizer_source(lora_weights, base_model))

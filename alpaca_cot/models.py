@@ -186,6 +186,21 @@ def enable_checkpointing(model):
     model.enable_input_require_grads()
 
 
+def full_model(name, tokenizer, gradient_checkpointing=False, fused_kernels=False, attn_implementation="sdpa"):
+    """The base model with every weight trainable (--method full): bf16 on a GPU, fp32 on the CPU."""
+    model = load_model(name, "none", attn_implementation=attn_implementation)
+    if fused_kernels:
+        kernels.apply_fused_kernels(model)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        raise UserError(f"the tokenizer of {name} has {len(tokenizer)} tokens, more than the model's embeddings")
+    align_special_tokens(model, tokenizer)
+    if gradient_checkpointing:
+        enable_checkpointing(model)
+    model.config.use_cache = False
+    model.requires_grad_(True)
+    return model
+
+
 def lora_variant(use_dora=False, use_rslora=False, init_lora_weights="default") -> dict:
     """LoraConfig's arguments for --use_dora, --use_rslora and --init_lora_weights."""
     init = True if init_lora_weights == "default" else init_lora_weights

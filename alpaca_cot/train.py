@@ -59,6 +59,7 @@ def finetune(
     attn_implementation: str = "sdpa",
     fsdp: bool = False,
     device_map: str = None,
+    method: str = "lora",
     # lora
     lora_r: int = 8,
     lora_alpha: int = 16,
@@ -120,6 +121,8 @@ def finetune(
         attn_implementation: sdpa, eager, flex_attention or flash_attention_2.
         fsdp: shard the base model over the processes of a torchrun/accelerate launch (FSDP2), bf16 or 4bit.
         device_map: auto: split one process's model over the visible GPUs (naive model parallel; no launcher).
+        method: lora (an adapter on the frozen base), or full: every weight trained (--quantization none; bf16 on
+            a GPU), the output folder then holding the whole tuned model, which generate.py loads as its base.
         lora_r: rank of the LoRA matrices.
         lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
         lora_dropout: dropout on the LoRA input, in [0, 1).
@@ -168,7 +171,11 @@ def finetune(
         result = trainer.train(resume_from_checkpoint=str(run.plan.resume) if run.plan.resume else None)
         adapter = sharding.adapter_state_dict(trainer)  # every rank takes part in gathering a sharded adapter
         if trainer.is_world_process_zero():
-            adapters.save_adapter(trainer.model, run.tokenizer, run.output_dir, state_dict=adapter, convert_from=initial)
+            if run.flags.method == "full":
+                adapters.save_model(trainer.model, run.tokenizer, run.output_dir)
+            else:
+                adapters.save_adapter(trainer.model, run.tokenizer, run.output_dir, state_dict=adapter,
+                                      convert_from=initial)
             if initial is not None:
                 shutil.rmtree(initial, ignore_errors=True)
             checkpoints.write_summary(run.output_dir, result.metrics, trainer.state.log_history, speed.metrics(),
@@ -246,7 +253,8 @@ def prepare(f: SimpleNamespace) -> SimpleNamespace:
     n_records = len(columns["output"])
     if f.val_set_size >= n_records:
         raise UserError(f"--val_set_size {f.val_set_size} leaves no training data ({n_records} records); lower it")
-    f.target_modules = models.target_modules(f.name, as_list(f.lora_target_modules) if f.lora_target_modules else None)
+    f.target_modules = None if f.method == "full" else \
+        models.target_modules(f.name, as_list(f.lora_target_modules) if f.lora_target_modules else None)
     config = checkpoints.run_config(f, files, n_records)
     log("alpaca-cot finetune\n" + json.dumps(config, indent=2, ensure_ascii=False))
     record = checkpoints.run_record(config, files)
@@ -268,6 +276,9 @@ def build(run: SimpleNamespace):
     f = run.flags
     args = training_args(f, evaluate=run.val_data is not None)  # first: FSDP's loading rules come with it
     set_seed(f.seed)  # before the adapter's random initialisation, so that --seed reproduces a run
+    if f.method == "full":
+        return build_trainer(run, models.full_model(f.name, run.tokenizer, f.gradient_checkpointing, f.fused_kernels,
+                                                    f.attn_implementation), args)
     model = models.lora_model(f.name, f.quantization, run.tokenizer, f.gradient_checkpointing, f.lora_r, f.lora_alpha,
                               f.lora_dropout, f.target_modules, f.fused_kernels, f.attn_implementation, f.upcast_norms,
                               device_map=f.device_map, sharded=f.fsdp,

@@ -153,7 +153,7 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, dtyp
     import time
 
     from alpaca_cot import models
-    from alpaca_cot.adapters import check_adapter, tokenizer_source
+    from alpaca_cot.adapters import check_adapter, holds_full_model, tokenizer_source
 
     start = time.perf_counter()
     # ---- everything checked before a model is loaded or a file written ----
@@ -161,6 +161,9 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, dtyp
     # absolute, so that `--out .` has a name to put its temporary folder beside
     lora_weights, out = Path(str(lora_weights)).expanduser(), Path(os.path.abspath(Path(str(out)).expanduser()))
     name = models.base_model_name(size, base_model)
+    if holds_full_model(lora_weights):
+        raise UserError(f"{lora_weights} holds a fully tuned model (finetune --method full), not an adapter: nothing "
+                        "to merge; AutoModelForCausalLM.from_pretrained loads it as it is")
     check_adapter(lora_weights)
     sources = [("--base_model", name if Path(name).exists() else None), ("--lora_weights", lora_weights)]
     check_out(out, sources, overwrite)  # before anything loads; the room is checked once the sizes are known
