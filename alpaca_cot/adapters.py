@@ -158,8 +158,10 @@ def tuned_model(lora_weights, base_model: str) -> tuple[str, str | None]:
     base, with no adapter."""
     if lora_weights is None or is_hub_adapter(lora_weights) or not Path(lora_weights).is_dir():
         return base_model, lora_weights
-    io.sweep(Path(lora_weights))
-    finish_interrupted_save(Path(lora_weights))
+    folder = Path(lora_weights)
+    io.sweep(folder)  # the temporaries of dead saves; a running save's staging folder stays
+    if (folder / COMMIT).is_dir() and holds_full_model(folder / COMMIT):
+        finish_interrupted_save(folder)  # a full model's interrupted save (an adapter's is check_adapter's)
     return (str(Path(lora_weights).resolve()), None) if holds_full_model(lora_weights) else (base_model, lora_weights)
 
 

@@ -51,3 +51,23 @@ def apply_fused_kernels(model):
     apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                 fused_linear_cross_entropy=True, model=model)
     return model
+
+
+def decoder_layers(model) -> list:
+    """The repeated blocks of a (LoRA-wrapped) causal LM: the children of its first ModuleList of *DecoderLayer*
+    (LLaMA's model.layers), or of its first ModuleList of blocks (GPT-2's h)."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
+    for wanted in ("DecoderLayer", "Block"):
+        for found in lists:
+            if type(found[0]).__name__.endswith(wanted):
+                return list(found)
+    raise UserError(f"--compile_layers: no decoder layers found in {type(model).__name__}")
+
+
+def compile_layers(model, backend: str = "inductor"):
+    """Regional compilation (--compile_layers): each decoder layer compiled on its own, with dynamic shapes, so
+    that the layers share their graphs and a new padded length compiles nothing once lengths have varied (the
+    first two lengths compile; torch.compile of the whole model would compile it whole, once per shape)."""
+    for layer in decoder_layers(model):
+        layer.compile(backend=backend, dynamic=True)
+    return model

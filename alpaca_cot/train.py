@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import adapters, checkpoints, distributed, io, models, outputs, recipes, sharding
+from . import adapters, checkpoints, distributed, io, kernels, models, outputs, recipes, sharding
 from .checks import check_attention, check_finetune_flags, check_quantization
 from .catalog import resolve as resolve_data
 from .cli import UserError, as_list
@@ -54,6 +54,7 @@ def finetune(
     seed: int = 42,
     gradient_checkpointing: bool = None,
     fused_kernels: bool = None,
+    compile_layers: bool = False,
     packing: bool = False, pad_to_cutoff: bool = None,  # they exclude each other
     upcast_norms: bool = None,
     attn_implementation: str = "sdpa",
@@ -114,6 +115,8 @@ def finetune(
         seed: seeds the data split, the shuffling and the adapter's initialisation.
         gradient_checkpointing: recompute activations to save memory; on for 4bit only by default.
         fused_kernels: Liger's fused Triton kernels; on by default on a GPU with liger-kernel.
+        compile_layers: torch.compile each decoder layer (regional, dynamic shapes: no recompile per padded
+            length); off by default until measured on a GPU (benchmarks/README.md).
         packing: put each micro-batch's records in one row without padding.
         pad_to_cutoff: pad every record to --cutoff_len, as the 2023 recipe did (off: each batch to its longest).
         upcast_norms: peft's prepare_model_for_kbit_training: fp32 norms, embeddings and head around a quantized
@@ -277,8 +280,8 @@ def build(run: SimpleNamespace):
     args = training_args(f, evaluate=run.val_data is not None)  # first: FSDP's loading rules come with it
     set_seed(f.seed)  # before the adapter's random initialisation, so that --seed reproduces a run
     if f.method == "full":
-        return build_trainer(run, models.full_model(f.name, run.tokenizer, f.gradient_checkpointing, f.fused_kernels,
-                                                    f.attn_implementation), args)
+        model = models.full_model(f.name, run.tokenizer, f.gradient_checkpointing, f.fused_kernels, f.attn_implementation)
+        return build_trainer(run, kernels.compile_layers(model) if f.compile_layers else model, args)
     model = models.lora_model(f.name, f.quantization, run.tokenizer, f.gradient_checkpointing, f.lora_r, f.lora_alpha,
                               f.lora_dropout, f.target_modules, f.fused_kernels, f.attn_implementation, f.upcast_norms,
                               device_map=f.device_map, sharded=f.fsdp,
@@ -287,4 +290,6 @@ def build(run: SimpleNamespace):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         size = checkpoints.expected_bytes(f, len(run.train_data), trainable)
         outputs.check_space([outputs.Output(run.output_dir, "--output_dir", "folder", size)])
+    if f.compile_layers:
+        kernels.compile_layers(model)
     return build_trainer(run, model, args)  # (the Trainer creates the output folder)
