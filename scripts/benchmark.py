@@ -16,6 +16,10 @@ Then generation (ms/token at batch 1, tokens/s at batch 32, 128 new tokens).
 batch and reports real tokens/s per GPU against 1 GPU; `none:unbalanced` is `none` with finetune's
 --balance_ranks False (transformers' order dealt round-robin to the ranks), to compare the two orders;
 `none:nooverlap` is `none` with --overlap_steps False (the Trainer's synchronous loop).
+`--peers unsloth` instead runs each of --peer_configs (e.g. bf16:qv:16, 4bit:all:16:ckpt) three ways on exactly
+the same micro-batches, each in its own process: this project's model path in a plain loop (`ours`),
+finetune.py itself (its Trainer), and unsloth's FastLanguageModel in the same plain loop; it reports real
+tokens/s, peak memory, the first micro-batch's loss and the ratios to unsloth (alpaca_cot/peers.py).
 `python scripts/benchmark.py data_path --data D --model M` measures the CPU data path alone.
 Prints a table and writes the figures, card, versions and date as JSON.
 """
@@ -291,7 +295,9 @@ def setup(shape: str, shared: Path, work: Path, memory_cap_gib: float):
 def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", steps: int = 60,
          shared: str = None, work_dir: str = "/tmp/alpaca-cot-bench", out: str = None, generation_runs: str = "none,8bit",
          gen_variants: str = "unmerged,merged,compiled", memory_cap_gib: float = None, gpus: str = None,
-         global_batch: int = 128, scaling_steps: int = 40, profile_steps: int = 0, overwrite: bool = False):
+         global_batch: int = 128, scaling_steps: int = 40, profile_steps: int = 0, overwrite: bool = False,
+         peers: str = None, peer_configs: str = "bf16:qv:16,bf16:qv:32,bf16:all:16,bf16:qv:16:ckpt,4bit:qv:16:ckpt,"
+         "4bit:all:16:ckpt", peers_site: str = "/tmp/peers-site"):
     """Train each recipe on a random-init model of --shape, then time generation; print and save the figures.
 
     Args:
@@ -314,11 +320,23 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
         profile_steps: with --gpus, add this many steps to every run and profile them (finetune --profile_steps):
             each rank's summary (GPU busy share, stalls, NCCL and host-wait time) goes in the report.
         overwrite: replace an existing --out report (a JSON file only).
+        peers: unsloth: compare with it on the same micro-batches instead of the recipe table (--steps of them each).
+        peer_configs: the rows compared with --peers, comma-separated quantization:modules:micro_batch[:ckpt][:compile].
+        peers_site: a folder put first on PYTHONPATH of the peer's process alone (gpu-payload.sh --peers puts
+            unsloth's pinned datasets there).
     """
     if not torch.cuda.is_available():
         raise UserError("the benchmark needs a CUDA GPU")
     if out:  # the output rule (alpaca_cot/outputs.py), before the hours of work
         outputs.check_outputs([outputs.Output(out, "--out", "json", 1 << 20)], (), overwrite)
+    if peers is not None:
+        from alpaca_cot import peers as peer_lib
+
+        if peers != "unsloth":
+            raise UserError(f"--peers {peers!r}: the peer measured is unsloth")
+        configs = [(spec, peer_lib.parse_config(spec)) for spec in names(peer_configs)]
+        report, model, data, _ = setup(shape, Path(shared or ROOT.parent / "shared"), Path(work_dir), memory_cap_gib)
+        return compare_peers(report, configs, model, data, Path(work_dir), steps, peers_site, out)
     counts = gpu_counts(gpus, torch.cuda.device_count()) if gpus else None
     if counts and "legacy" in names(recipes):
         raise UserError("--gpus runs finetune.py recipes; drop legacy from --recipes")
@@ -503,6 +521,43 @@ def print_scaling(report):
                   f"{m.get('peak_gpu_gib', 0):9.1f} {1 / steps_s if steps_s else float('nan'):7.2f}")
 
 
+def compare_peers(report, configs, model, data, work, steps, peers_site, out):
+    """Each config: the micro-batches saved once, then ours, finetune.py and unsloth, each in its own process."""
+    from alpaca_cot import peers as peer_lib
+
+    rows = {}
+    for spec, config in configs:
+        name = spec.replace(":", "-")
+        batches = work / f"batches-mb{config['micro_batch_size']}.pt"
+        if not batches.exists():
+            peer_lib.micro_batches(str(model), str(data), config["micro_batch_size"], steps, batches)
+        rows[spec] = {}
+        for system in peer_lib.SYSTEMS:
+            result = work / f"peer-{system}-{name}.json"
+            env = {"PYTHONPATH": os.pathsep.join([peers_site, *filter(None, [os.environ.get("PYTHONPATH")])])} \
+                if system == "unsloth" else None
+            rc = sh([sys.executable, __file__, "run_system", "--system", system, "--model_dir", str(model),
+                     "--batches", str(batches), "--config", spec, "--out", str(result)], work / f"peer-{system}-{name}.log",
+                    env)
+            rows[spec][system] = json.loads(result.read_text()) if rc == 0 else None
+        run_dir = work / f"peer-finetune-{name}"
+        recipe = f"{config['quantization']}:{config['micro_batch_size']}:{'ckpt' if config['checkpointing'] else 'nockpt'}"
+        args = finetune_command(recipe, model, data, run_dir, steps) + [
+            "--lora_target_modules", ",".join(peer_lib.MODULES[config["modules"]]), "--lora_dropout", "0",
+            "--compile_layers", str(config["compile"])]
+        rc = sh(args, work / f"{run_dir.name}.log")
+        summary = json.loads((run_dir / "train_summary.json").read_text()) if rc == 0 else None
+        rows[spec]["finetune"] = {k: summary[k] for k in ("real_tokens_per_s", "peak_gpu_gib")} if summary else None
+        report["peers"] = peer_lib.ratios(rows)
+        print(spec, json.dumps(report["peers"][spec]), flush=True)
+        save(report, out)
+    for spec, row in report["peers"].items():
+        print(f"{spec:22s} " + "  ".join(f"{s} {(row.get(s) or {}).get('real_tokens_per_s', 'failed')}"
+                                         for s in ("ours", "finetune", "unsloth"))
+              + f"  speed x{row.get('speed_vs_unsloth', '-')}  memory x{row.get('memory_vs_unsloth', '-')}")
+    return report
+
+
 def save(report, out):
     if out:
         io.write_json_atomic(report, out)
@@ -531,5 +586,8 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] in ("legacy_2023", "generation", "data_path"):
         name = sys.argv.pop(1)
         run(globals()[name])
+    elif len(sys.argv) > 1 and sys.argv[1] == "run_system":  # one system of --peers, in a process of its own
+        sys.argv.pop(1)
+        run("alpaca_cot.peers:run_system")
     else:
         run(main)
