@@ -35,6 +35,7 @@ from pathlib import Path
 
 from alpaca_cot import ROOT, cot, io, outputs
 from alpaca_cot.cli import UserError, as_list, lazy_import, run
+from alpaca_cot.peers import run_system  # noqa: F401  (a subcommand: one system of --peers)
 
 # Imported on first use: the flags are checked before torch's seconds of importing.
 torch = lazy_import("torch")
@@ -583,11 +584,8 @@ def print_table(report):
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "capped":
         capped(float(sys.argv[2]), *sys.argv[3:])
-    elif len(sys.argv) > 1 and sys.argv[1] in ("legacy_2023", "generation", "data_path"):
-        name = sys.argv.pop(1)
+    elif len(sys.argv) > 1 and sys.argv[1] in ("legacy_2023", "generation", "data_path", "run_system"):
+        name = sys.argv.pop(1)  # run_system: one system of --peers, in a process of its own
         run(globals()[name])
-    elif len(sys.argv) > 1 and sys.argv[1] == "run_system":  # one system of --peers, in a process of its own
-        sys.argv.pop(1)
-        run("alpaca_cot.peers:run_system")
     else:
         run(main)
