@@ -19,6 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist each worker has a core of its own: one torch thread each, rather than two workers' threads
+# spinning against each other on the two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
@@ -57,9 +61,62 @@ def logits(model, tokenizer, text="Give three tips for staying healthy."):
 
 
 def run_python(*args, cwd=ROOT, env=None, stdin=None, timeout=300) -> subprocess.CompletedProcess:
-    """`python *args` (a script or -m module, and its flags) in a child process, its output as text."""
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, input=stdin, env=env)
+    """`python *args` (a script or -m module, and its flags) in a child process, its output as text: forked
+    from the zygote (tests/zygote.py) where the run needs nothing it cannot give, else a new interpreter."""
+    args = [str(a) for a in args]
+    env = dict(os.environ if env is None else env)
+    if Zygote.serves(args, env):
+        return Zygote.get().run(args, cwd, env, stdin, timeout)
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          input=stdin, env=env)
+
+
+class Zygote:
+    """This test process's zygote: started on first use with this process's environment."""
+    _one = None
+    # Variables a child may set otherwise than the zygote was started with: read after start-up, not at import.
+    FREE = {"OMP_NUM_THREADS", "PAGER", "COLUMNS", "LINES", "PYTHONUNBUFFERED"}
+
+    def __init__(self):
+        self.env = dict(os.environ)
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "zygote.py")], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1, cwd=ROOT)
+
+    @classmethod
+    def serves(cls, args, env) -> bool:
+        if os.environ.get("ALPACA_COT_TEST_ZYGOTE") == "0" or args[0] == "-c":
+            return False
+        started = cls._one.env if cls._one else os.environ
+        keys = (set(env) | set(started)) - cls.FREE
+        return all(env.get(k) == started.get(k) for k in keys)
+
+    @classmethod
+    def get(cls):
+        if cls._one is None or cls._one.proc.poll() is not None:
+            cls._one = cls()
+        return cls._one
+
+    def run(self, args, cwd, env, stdin, timeout) -> subprocess.CompletedProcess:
+        import select
+        import signal
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            files = {k: Path(tmp) / k for k in ("stdin", "stdout", "stderr")}
+            files["stdin"].write_text(stdin or "")
+            for k in ("stdout", "stderr"):
+                files[k].touch()
+            request = dict(args=args, cwd=str(cwd), env=env, **{k: str(v) for k, v in files.items()})
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            pid = json.loads(self.proc.stdout.readline())["pid"]
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            if not ready:
+                os.killpg(pid, signal.SIGKILL)
+                self.proc.stdout.readline()
+                raise subprocess.TimeoutExpired([sys.executable, *args], timeout)
+            code = json.loads(self.proc.stdout.readline())["returncode"]
+            out, err = (files[k].read_text(encoding="utf-8", errors="replace") for k in ("stdout", "stderr"))
+        return subprocess.CompletedProcess([sys.executable, *args], code, out, err)
 
 
 def error_lines(stderr: str) -> list[str]:

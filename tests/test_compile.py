@@ -55,8 +55,7 @@ def test_decoder_layers_are_found_or_refused():
 def test_finetune_compiles_the_layers_of_the_model_it_trains(tiny_llama, train_file, tmp_path, monkeypatch):
     from conftest import small_run
 
-    compiled = []
-    original = kernels.compile_layers
-    monkeypatch.setattr(kernels, "compile_layers", lambda m: compiled.append(m) or original(m, backend="aot_eager"))
+    compiled = []  # what compiling does is the test above's; here: that finetune compiles the model it trains
+    monkeypatch.setattr(kernels, "compile_layers", lambda m: compiled.append(m) or m)
     trainer = small_run(tiny_llama, train_file, tmp_path / "a", max_steps=1, compile_layers=True)
     assert compiled == [trainer.model] and (tmp_path / "a" / "adapter_model.safetensors").is_file()

@@ -15,14 +15,14 @@ def test_the_saved_micro_batches_are_the_ones_finetune_trains_on(tiny_llama, tra
     from alpaca_cot import trainer as trainer_module
     from conftest import small_run
 
-    saved = peers.micro_batches(str(tiny_llama), str(train_file), 4, 6, tmp_path / "b.pt", cutoff_len=256, seed=42)
+    saved = peers.micro_batches(str(tiny_llama), str(train_file), 4, 4, tmp_path / "b.pt", cutoff_len=256, seed=42)
     batches = torch.load(saved)
     seen = []
     original = trainer_module.CountingCollator.__call__
     monkeypatch.setattr(trainer_module.CountingCollator, "__call__", lambda self, f: seen.append(original(self, f)) or seen[-1])
-    small_run(tiny_llama, train_file, tmp_path / "a", max_steps=6, batch_size=4, micro_batch_size=4, seed=42,
+    small_run(tiny_llama, train_file, tmp_path / "a", max_steps=4, batch_size=4, micro_batch_size=4, seed=42,
               lora_target_modules="q_proj,v_proj")
-    assert len(batches) == 6 and len(seen) >= 6
+    assert len(batches) == 4 and len(seen) >= 4
     for mine, theirs in zip(batches, seen):
         assert all(torch.equal(mine[k], theirs[k]) for k in ("input_ids", "labels", "attention_mask"))
 
