@@ -119,6 +119,19 @@ class Zygote:
         return subprocess.CompletedProcess([sys.executable, *args], code, out, err)
 
 
+def run_cli(fn, argv, monkeypatch, capsys) -> tuple[int, str]:
+    """fn as its script runs it, in this process (cli.run: flags checked, UserError -> one line): exit code, stderr."""
+    from alpaca_cot import cli
+
+    monkeypatch.setattr(sys, "argv", ["script", *map(str, argv)])
+    code = 0
+    try:
+        cli.run(fn)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 from alpaca_cot import answer as answering
-from alpaca_cot import adapters, checkpoints, cli
+from alpaca_cot import adapters, checkpoints
 from alpaca_cot.cli import UserError, exit_on_interrupt
 from alpaca_cot.train import finetune
-from conftest import ROOT, error_lines, free_port, run_python
+from conftest import ROOT, error_lines, free_port, run_cli, run_python
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
@@ -54,16 +54,6 @@ def adapter_of(folder: Path) -> dict:
 def same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-
-def run_cli(fn, argv, monkeypatch, capsys) -> tuple[int, str]:
-    """fn as its script runs it (cli.run: fire, UserError -> one line): the exit code and stderr."""
-    monkeypatch.setattr(sys, "argv", ["script", *map(str, argv)])
-    code = 0
-    try:
-        cli.run(fn)
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
 
 
 def one_error_line(code, err, *words):

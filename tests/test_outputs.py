@@ -17,10 +17,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from alpaca_cot import adapters, catalog, cli, io, outputs
+from alpaca_cot import adapters, catalog, io, outputs
 from alpaca_cot.cli import UserError
 from alpaca_cot.outputs import Output, check_outputs
-from conftest import ROOT, error_lines
+from conftest import ROOT, error_lines, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,16 +39,6 @@ def script(name: str):
     spec.loader.exec_module(module)
     return module
 
-
-def run_cli(fn, argv, monkeypatch, capsys) -> tuple[int, str]:
-    """fn as its script runs it (cli.run: flags checked, UserError -> one line): the exit code and stderr."""
-    monkeypatch.setattr(sys, "argv", ["script", *map(str, argv)])
-    code = 0
-    try:
-        cli.run(fn)
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
 
 
 def one_line(code, err, *words) -> str:
