@@ -128,10 +128,6 @@ def check_output_dir(output_dir: Path, inputs=(), flag: str = "--output_dir"):
     outputs.check_outputs([outputs.Output(output_dir, flag, "folder", existing="own")], inputs)
 
 
-def check_writable(output_dir: Path, flag: str = "--output_dir"):
-    """A one-line error for an output folder that is a file or cannot be written, writing nothing."""
-    check_output_dir(output_dir, (), flag)
-
 
 @dataclass
 class Plan:

@@ -109,6 +109,11 @@ def check_method(flags: dict):
                         "--quantization none (bf16 on a GPU)")
     if flags["fsdp"] or flags["device_map"]:
         raise UserError("--method full runs one whole model per process here; drop --fsdp / --device_map")
+    import torch
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise UserError("--method full trains in bf16 (weights and optimizer states), which this GPU lacks; fp16 "
+                        "weights cannot be trained by the Trainer's gradient scaler")
     lora = [f"--{k}" for k, default in (("lora_target_modules", None), ("use_dora", False), ("use_rslora", False),
                                         ("init_lora_weights", "default")) if flags[k] != default]
     if lora:

@@ -17,9 +17,8 @@ from pathlib import Path
 from . import reading, scoring
 from .cli import UserError
 from .data import parse
-from .predictions import check_prediction
+from .predictions import TASKS, check_prediction
 
-TASKS = ("cot", "chinese", "english")
 
 
 def _field(path, place, raw, *names) -> str:

@@ -5,6 +5,7 @@ One `Generator` serves every mode of generate.py: a single answer, batches from 
 Answers are cut from the generated ids after the prompt, never by splitting text.
 """
 
+import json
 import threading
 
 import torch
@@ -46,6 +47,23 @@ def decoding_kwargs(max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0, num
 PAD_MULTIPLE = 64
 
 
+def check_template_family(folder, prompt_template_name: str):
+    """An adapter (or fully tuned model) trained with the chat template is prompted with it, and one trained with an
+    alpaca-style template with one of those (alpaca_legacy is the 2023 inference prompt for alpaca training)."""
+    from pathlib import Path
+
+    run = Path(str(folder)) / "run.json"
+    if not run.is_file():
+        return
+    try:
+        trained = json.loads(run.read_text()).get("prompt_template")
+    except (OSError, ValueError):
+        return
+    if trained and (trained == "chat") != (prompt_template_name == "chat"):
+        raise UserError(f"{folder} was trained with --prompt_template_name {trained}; generate with "
+                        f"--prompt_template_name {trained if trained == 'chat' else 'alpaca'}, not {prompt_template_name}")
+
+
 class Generator:
     """merge (default: on for 16/32-bit) folds the adapter into the weights, which is faster and
     exact up to rounding; compile decodes with a static KV cache that transformers compiles, which
@@ -61,6 +79,7 @@ class Generator:
         self.compile = compile
         self.prompter = Prompter(prompt_template_name)
         base_model, lora_weights = tuned_model(lora_weights, base_model)
+        check_template_family(lora_weights or base_model, prompt_template_name)
         if lora_weights is not None:
             check_adapter_source(lora_weights)
         self.tokenizer = models.load_tokenizer(tokenizer_source(lora_weights, base_model))
@@ -77,7 +96,8 @@ class Generator:
         # Stop at the EOS that training taught (the tokenizer's) as well as the model's own.
         stops = model.generation_config.eos_token_id
         stops = set(stops if isinstance(stops, list) else [stops]) - {None}
-        model.generation_config.eos_token_id = sorted(stops | {self.tokenizer.eos_token_id} - {None})
+        # A chat template's turn may end with a token of its own (Gemma's <end_of_turn>), which training taught.
+        model.generation_config.eos_token_id = sorted(stops | {self.tokenizer.eos_token_id, self.prompter.turn_end} - {None})
         self.model = model
 
     @property

@@ -58,14 +58,26 @@ def evaluate(base_model: str, lora_weights: str | None, names: list[str], manage
         found = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=names, task_manager=manager,
                                         num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
                                         device="cuda" if cuda else "cpu")
-    except (ConnectionError, OSError) as e:  # a task's data on the hub, with no network (or HF_HUB_OFFLINE=1)
+    except (ConnectionError, OSError) as e:  # a task's data on the hub, with no network (or HF_HUB_OFFLINE=1); the
+        # model and adapter were checked before (scripts/evaluate.py), so what fails to load here is data
         raise UserError(f"--lm_eval: a task's data could not be loaded ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''}); its data comes from the hub") from None
-    tasks = {task: {metric.split(",")[0]: round(float(value), 4) for metric, value in scores.items()
+    tasks = {task: {_metric_name(metric): round(float(value), 4) for metric, value in scores.items()
                     if "," in metric and isinstance(value, (int, float)) and not isinstance(value, bool)}
              for task, scores in found["results"].items()}
     return {"tasks": tasks, "samples": {t: n["effective"] for t, n in found.get("n-samples", {}).items()},
             "num_fewshot": num_fewshot, "limit": limit, "version": importlib.metadata.version("lm_eval")}
+
+
+def _metric_name(key: str) -> str:
+    """The harness's "metric,filter" key: the metric alone where the filter is none, else metric/filter (gsm8k
+    reports exact_match under strict-match and flexible-extract)."""
+    metric, _, kind = key.partition(",")
+    if kind == "none":
+        return metric
+    if metric.endswith("_stderr"):
+        return f"{metric.removesuffix('_stderr')}/{kind}_stderr"
+    return f"{metric}/{kind}"
 
 
 def markdown(results: dict) -> list[str]:

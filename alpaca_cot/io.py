@@ -167,11 +167,6 @@ def atomic_open(path, mode: str = "w"):
             tmp.unlink(missing_ok=True)
 
 
-def write_text_atomic(text: str, path):
-    with atomic_open(path) as f:
-        f.write(text)
-
-
 def json_text(records, lines: bool = False) -> str:
     """What write_json_atomic (indented, a final newline) or write_jsonl_atomic (lines=True) writes."""
     if lines:
@@ -193,13 +188,12 @@ def json_size(records, lines: bool = False) -> int:
 
 def write_jsonl_atomic(records, path):
     with atomic_open(path) as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        f.write(json_text(records, lines=True))
 
 
 def write_json_atomic(records, path):
     with atomic_open(path) as f:
-        json.dump(records, f, ensure_ascii=False, indent=2)
-        f.write("\n")
+        f.write(json_text(records))
 
 
 @contextmanager
@@ -244,4 +238,4 @@ def write_jsonl_gz_atomic(records, path):
     import gzip
 
     with atomic_open(path, "wb") as f, gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as z:
-        z.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
+        z.write(json_text(records, lines=True).encode("utf-8"))

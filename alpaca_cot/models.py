@@ -187,7 +187,8 @@ def enable_checkpointing(model):
 
 
 def full_model(name, tokenizer, gradient_checkpointing=False, fused_kernels=False, attn_implementation="sdpa"):
-    """The base model with every weight trainable (--method full): bf16 on a GPU, fp32 on the CPU."""
+    """The base model with every weight trainable (--method full): bf16 on a GPU (weights and AdamW states, as
+    single-GPU peers train; no fp32 master copy), fp32 on the CPU."""
     model = load_model(name, "none", attn_implementation=attn_implementation)
     if fused_kernels:
         kernels.apply_fused_kernels(model)

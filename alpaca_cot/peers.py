@@ -8,7 +8,7 @@
    as the config says) in a plain loop; `unsloth`, FastLanguageModel with the same LoRA in the same loop.
    finetune.py itself (the Trainer) runs on the same data and seed, so it draws the same micro-batches.
 3. Each run reports real (unpadded) tokens/s after a warm-up, the peak GPU memory and its first
-   micro-batch's loss, before any update, which must agree across systems.
+   micro-batch's loss, before any update (the same model on the same tensors: `ratios` reports how far apart).
 
 A config names one row of the comparison: `bf16:qv:16` (quantization, LoRA modules qv or all, micro-batch),
 with options `ckpt` (gradient checkpointing; unsloth's offloaded kind) and `compile` (ours: --compile_layers).
@@ -115,6 +115,7 @@ def run_system(system: str, model_dir: str, batches: str, config: str, out: str,
         if step == warmup:
             gpu_sync()
             started = time.perf_counter()
+        real = int(batch["attention_mask"].sum())  # counted on the CPU: no wait for the GPU in the timed loop
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             loss = model(**batch).loss
@@ -122,9 +123,9 @@ def run_system(system: str, model_dir: str, batches: str, config: str, out: str,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step == 0:
-            first_loss = float(loss)
+            first_loss = float(loss)  # one sync, before the clock starts
         if step >= warmup:
-            tokens += int(batch["attention_mask"].sum())
+            tokens += real
     gpu_sync()
     seconds = time.perf_counter() - started
     result = {"system": system, "config": config, "real_tokens_per_s": round(tokens / seconds, 1),
@@ -144,5 +145,6 @@ def ratios(rows: dict) -> dict:
             entry["speed_vs_unsloth"] = round(ours["real_tokens_per_s"] / peer["real_tokens_per_s"], 3)
             if peer.get("peak_gpu_gib") and ours.get("peak_gpu_gib"):
                 entry["memory_vs_unsloth"] = round(ours["peak_gpu_gib"] / peer["peak_gpu_gib"], 3)
+            entry["first_loss_difference"] = round(ours["first_loss"] - peer["first_loss"], 5)
         table[config] = entry
     return table

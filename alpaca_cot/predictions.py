@@ -3,7 +3,7 @@ scoring reads, with their types, checked before any is scored (one line naming f
 
 from .cot import DATASETS
 
-TASKS = ("cot", "chinese", "english")  # evaluation.TASKS
+TASKS = ("cot", "chinese", "english")  # the kinds of evaluation item (evaluation.py)
 
 
 def check_prediction(row) -> str | None:

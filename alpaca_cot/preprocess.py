@@ -19,13 +19,15 @@ tokenised in one pass with its answer and split at the prompt's end, as a single
 Labels cover every answer and its EOS (train_on_history), or only the last one; prompts are -100
 unless train_on_inputs. A conversation longer than cutoff_len loses its oldest turns first, rendered
 again from the new first turn; if the last turn alone is too long it is cut like a single record.
+A chat template's records are its own rendering of the conversation, tokenised in one pass and split
+at the turns; the labels cover each assistant answer and its end-of-turn token.
 """
 
 import json
 import re
 from bisect import bisect_left
 
-from . import TEMPLATES_DIR
+from . import TEMPLATES_DIR, chat_template
 from .cli import UserError
 
 IGNORE = -100
@@ -38,10 +40,11 @@ REQUIRED = ("prompt_input", "prompt_no_input")
 class Prompter:
     """A prompt template: one small class over a JSON file in templates/, its required keys checked.
 
-    A template with `"chat": true` (templates/chat.json) is the tokenizer's own chat template instead: the
-    prompt is the conversation rendered up to the assistant's turn, an answer ends with what the template
-    writes after an assistant message (its end-of-turn token), and the template's special tokens are text
-    the tokenizer reads as special (in user text too, as every chat template does). It needs the tokenizer."""
+    A template with `"chat": true` (templates/chat.json) is the tokenizer's own chat template instead
+    (chat_template.py): the prompt is the conversation rendered up to the assistant's turn, an answer ends
+    with what the template writes after an assistant message (its end-of-turn token), no BOS or EOS of our
+    own is added, and the template's special tokens are read as special (in user text too, as every chat
+    template does). It needs the tokenizer."""
 
     def __init__(self, template_name: str = "alpaca", tokenizer=None):
         known = sorted(p.stem for p in TEMPLATES_DIR.glob("*.json"))
@@ -67,39 +70,16 @@ class Prompter:
             self.bind(tokenizer)
 
     def bind(self, tokenizer):
-        """The tokenizer whose chat template a chat Prompter renders (checked: it must have one)."""
-        if self.chat and not getattr(tokenizer, "chat_template", None):
-            raise UserError(f"--prompt_template_name {self.name}: the tokenizer of "
-                            f"{getattr(tokenizer, 'name_or_path', 'this model')} has no chat template; use alpaca")
+        """The tokenizer whose chat template a chat Prompter renders (checked: it has one that can be trained)."""
         self.tokenizer = tokenizer
+        self.turn_end = chat_template.turn_end(tokenizer, self.name) if self.chat else None
         return self
 
-    def render(self, messages: list[dict], generation_prompt: bool) -> str:
+    def chat_turns(self, history: list, instruction: str, input: str, answer: str) -> tuple[list[str], list[str]]:
+        """The conversation as the chat template renders it, in (prompt, answer) pieces (chat_template.turns)."""
         if self.tokenizer is None:
             raise ValueError("a chat Prompter renders with its tokenizer: Prompter(name, tokenizer)")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-
-    def chat_turns(self, history: list, instruction: str, input: str, answer: str) -> tuple[list[str], list[str]]:
-        """The rendered conversation cut into (prompt, answer) pieces whose concatenation is the whole text:
-        each prompt up to the assistant's turn, each answer with the template's end of turn (the last one
-        without what follows its end-of-turn token)."""
-        messages = []
-        for user, assistant in [*history, (f"{instruction}\n\n{input}" if input else instruction, answer)]:
-            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-        prompts, answers, done = [], [], ""
-        for k in range(0, len(messages), 2):
-            asked, said = self.render(messages[:k + 1], True), self.render(messages[:k + 2], False)
-            if not (asked.startswith(done) and said.startswith(asked)):
-                raise UserError(f"the chat template of {self.tokenizer.name_or_path} does not render a conversation "
-                                "as the start of its continuation, so its turns cannot be masked; use alpaca")
-            prompts.append(asked[len(done):])
-            answers.append(said[len(asked):])
-            done = said
-        for k, said in enumerate(answers):  # an answer ends on its end-of-turn token; what follows opens the next turn
-            answers[k] = said.rstrip()
-            if k + 1 < len(prompts):
-                prompts[k + 1] = said[len(answers[k]):] + prompts[k + 1]
-        return prompts, answers
+        return chat_template.turns(self.tokenizer, history, f"{instruction}\n\n{input}" if input else instruction, answer)
 
     def prompt(self, instruction: str, input: str = "") -> str:
         """The text the model sees before its response."""
@@ -147,6 +127,11 @@ def _split_special(prompter) -> bool:
     return not prompter.chat
 
 
+def _end(tokenizer, prompter) -> list[int]:
+    """The ids after an answer: EOS; none for a chat template, whose answer text ends with its end of turn."""
+    return [tokenizer.eos_token_id] if prompter.ends_with_eos else []
+
+
 def _bos_for(tokenizer, prompter) -> list[int]:
     return [] if prompter.chat else _bos(tokenizer)  # a chat template writes its own BOS, if it has one
 
@@ -158,7 +143,7 @@ def encode_batch(batch: dict, tokenizer, prompter, cutoff_len: int, train_on_inp
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
                     split_special_tokens=_split_special(prompter))
     bos = _bos_for(tokenizer, prompter)
-    end = [tokenizer.eos_token_id] if prompter.ends_with_eos else []
+    end = _end(tokenizer, prompter)
     out = {"input_ids": [], "labels": [], "length": [], "truncated": [], "prompt_too_long": []}
     for prompt, ids, offsets in zip(prompts, enc["input_ids"], enc["offset_mapping"]):
         n_prompt = len(bos) + bisect_left(offsets, len(prompt), key=lambda span: span[0])
@@ -196,9 +181,8 @@ def turn_texts(prompter, history: list, instruction: str, input: str, output: st
 
 
 def turn_prompts(prompter, history: list, instruction: str, input: str = "") -> list[str]:
-    """The prompt of every turn: history's user turns, then the instruction (with its input)."""
-    if prompter.chat:
-        return prompter.chat_turns(history, instruction, input, "")[0]
+    """The prompt of every turn: history's user turns, then the instruction (with its input); alpaca-style
+    templates (a chat template's turns are Prompter.chat_turns')."""
     prompts = [prompter.prompt(user) for user, _ in history] + [prompter.prompt(instruction, input)]
     stop = prompter.stop
     for i in range(1, len(prompts)):
@@ -248,7 +232,7 @@ def encode_conversation(record: dict, tokenizer, prompter, cutoff_len: int, trai
     """One record's input_ids, labels, length, truncated and prompt_too_long."""
     history = record.get("history") or []
     bos = _bos_for(tokenizer, prompter)
-    end = [tokenizer.eos_token_id] if prompter.ends_with_eos else []
+    end = _end(tokenizer, prompter)
     for start in range(len(history) + 1):
         kept = history[start:]
         prompts, answers = turn_texts(prompter, kept, record["instruction"], record["input"], record["output"])
@@ -313,7 +297,7 @@ def prompt_ids(tokenizer, prompter, history: list, instruction: str, input: str 
     """What generation feeds the model for the next answer of a conversation: the ids training saw."""
     prompts, answers = turn_texts(prompter, history, instruction, input, "")
     answers[-1] = ""  # the open answer: nothing of it, not even a chat template's end of turn
-    end = [tokenizer.eos_token_id] if prompter.ends_with_eos else []
+    end = _end(tokenizer, prompter)
     ids, _ = _assemble(_bos_for(tokenizer, prompter), end, _turn_ids(tokenizer, prompts, answers, _split_special(prompter)),
                        False, True)
     return ids[:len(ids) - len(end)]  # no EOS after the open answer

@@ -1,7 +1,7 @@
 """Reading the answer of a FLAN CoT output as a person marking a test would.
 
 `extract(output, dataset, question, finished)` returns the answer an output gives, in the dataset's form,
-and how it was read. The rules follow study/scoring-validation/GUIDE.md, the guide people labelled a
+and how it was read. The rules follow study/scoring-validation/GUIDE.md, the guide its readers labelled a
 sample of real outputs by; tests/test_scoring.py checks agreement with those labels.
 
 1. A stated answer counts: the text after the last "answer is" / "answer:" on its line (or the next line

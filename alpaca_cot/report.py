@@ -3,8 +3,9 @@
 Every number comes from results/<model>/predictions.jsonl (re-scored here, so the report and
 `scripts/evaluate.py --predictions` agree by construction), data/manifest.json (chance baselines) and
 adapters/<mix>/seed-<s>/train_summary.json. Intervals, p-values and Holm's correction are
-alpaca_cot/significance.py's. The comparisons are declared here, before any result exists: PRIMARY is
-the family the report corrects for multiplicity; the rest are exploratory.
+alpaca_cot/significance.py's. The comparisons are declared here, before the run they report on (after a
+single-seed pilot of the same design): PRIMARY is the family the report corrects for multiplicity; the rest
+are exploratory.
 """
 
 import json
@@ -81,7 +82,7 @@ def cot_datasets(rows: dict) -> list[str]:
     return sorted({r["dataset"] for r in rows["base"] if r["task"] == "cot"})
 
 
-def chance_matrix(rows: dict, config: dict, manifest: dict, kind: str) -> np.ndarray:
+def chance_matrix(rows: dict, manifest: dict, kind: str) -> np.ndarray:
     """The chance baseline per CoT question (kind uniform or majority) as a one-row matrix."""
     from . import chance
 
@@ -129,17 +130,19 @@ def comparisons(rows: dict, config: dict) -> list[dict]:
 
 def versus_chance(rows: dict, config: dict, manifest: dict) -> dict:
     """{mix: {kind: comparison of FLAN CoT accuracy (no trigger) against that chance baseline}}."""
-    floors = {kind: chance_matrix(rows, config, manifest, kind) for kind in ("uniform", "majority")}
+    floors = {kind: chance_matrix(rows, manifest, kind) for kind in ("uniform", "majority")}
     return {mix: {kind: significance.compare(floor, matrix(rows, seeds_of(config, mix), "cot"))
                   for kind, floor in floors.items()} for mix in ["base", *config["mixes"]]}
 
 
-def picks(rows: dict, a: str, b: str, metric: str, per_dataset: int, seed: int) -> list[str]:
+def picks(rows: dict, a: str, b: str, metric: str, per_dataset: int, seed: int, triggers=None) -> list[str]:
     """The rule for the qualitative tables: in an order shuffled with seed, the first questions of each
-    dataset on which models a and b score differently (then, to fill up, ones on which they agree)."""
+    dataset on which models a and b score differently (then, to fill up, ones on which they agree).
+    triggers: (a's, b's) CoT trigger, to compare one model without and with it; the metric's by default."""
     task, score, trigger = METRICS[metric]
-    first = {r["id"]: r for r in rows[a] if r["task"] == task and r["cot_trigger"] == trigger}
-    other = {r["id"]: r for r in rows[b] if r["task"] == task and r["cot_trigger"] == trigger}
+    trigger_a, trigger_b = triggers or (trigger, trigger)
+    first = {r["id"]: r for r in rows[a] if r["task"] == task and r["cot_trigger"] == trigger_a}
+    other = {r["id"]: r for r in rows[b] if r["task"] == task and r["cot_trigger"] == trigger_b}
     ids = sorted(first)
     random.Random(seed).shuffle(ids)
     chosen = []
@@ -166,7 +169,7 @@ def write_report(out: Path, config: dict, manifest: dict):
     scorer = validation.agreement(validation.read_rows(labelled / "sample.jsonl"),
                                   validation.read_rows(labelled / "labels.jsonl"))["batches"] \
         if (labelled / "labels.jsonl").is_file() else None
-    names = report_figures.draw(results, manifest, config, out)
+    names = report_figures.draw(results, manifest, out)
     write_json_atomic({"config": config, "data": manifest, "environment": environment, "timings_s": timings,
                        "training": train, "results": results, "scorer_validation": scorer}, out / "summary.json")
     with atomic_open(out / "report.md") as f:

@@ -71,7 +71,7 @@ def _forest(plt, results: dict, out: Path) -> str:
     return "comparisons.png"
 
 
-def draw(results: dict, manifest: dict, config: dict, out: Path) -> list[str]:
+def draw(results: dict, manifest: dict, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -4,17 +4,18 @@ scorer's validation, caveats, answers side by side, and what the same grid costs
 import json
 
 from . import ROOT, study
+from .evaluation import percent
 from .report import LABELS, picks
 
 CAVEATS = """\
 What these numbers do and do not show:
-- One base model of 135M parameters, tuned with LoRA on a few hundred records a source: effects of data
-  on such a model need not hold for LLaMA-7B, which is what the 2023 study tuned.
+- One base model, tuned with LoRA on {records} records a source: effects of data on such a model need not
+  hold for LLaMA-7B, which is what the 2023 study tuned.
 - Each source contributes the same number of training records, so a mix with more sources also has more
   data and more steps (as in the 2023 study): a mix's difference is not the effect of one kind of data at
   a fixed budget.
 - FLAN CoT accuracy counts an answer only if it can be read off the output (alpaca_cot/reading.py, read as
-  a person reads it; its agreement with people is below). Training on FLAN CoT also teaches FLAN's answer
+  a person reads it; its agreement with independent readers is below). Training on FLAN CoT also teaches FLAN's answer
   phrasing, so part of a CoT-data difference can be format rather than reasoning.
 - Accuracies near the chance rows mean the model does little better than guessing; a difference between
   two such models says little about reasoning.
@@ -23,19 +24,16 @@ What these numbers do and do not show:
   ROUGE-L against one reference is a weak proxy for helpfulness.
 - Intervals redraw the training seeds and the questions. With {n_seeds} seeds the seed level is coarse, and a
   bootstrap over so few seeds understates their spread: read the per-seed differences beside each interval.
-- Only the primary comparisons, declared in alpaca_cot/report.py before this run, are corrected for
+- Only the primary comparisons, declared in alpaca_cot/report.py before this run (after a single-seed pilot
+  of the same design, whose report is in this folder's git history), are corrected for
   multiplicity (Holm); the exploratory ones are not, and about one in twenty of them reads "higher" or
   "lower" by chance alone. "No detectable difference" is not "no difference": the minimum detectable
   effect (80% power at 0.05) says how large a difference this design could have seen."""
 
 
-def pct(value) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
-
-
 def _interval(e: dict) -> str:
     spread = f" ±{100 * e['seed_sd']:.1f}" if e.get("seed_sd") is not None else ""
-    return f"{pct(e['mean'])} [{pct(e['low'])}, {pct(e['high'])}]{spread}"
+    return f"{percent(e['mean'])} [{percent(e['low'])}, {percent(e['high'])}]{spread}"
 
 
 def _setup(config, manifest, environment) -> list[str]:
@@ -98,7 +96,7 @@ def _results(results, manifest) -> list[str]:
         lines.append(f"| {mix} | " + " | ".join(_interval(found[c]) for c in columns)
                      + f" | {100 * versus['diff']:+.1f} [{100 * versus['low']:+.1f}, {100 * versus['high']:+.1f}] |")
     for kind in ("uniform", "majority"):
-        lines.append(f"| {kind} chance | {pct(manifest['chance'][kind]['all'])} | {pct(manifest['chance'][kind]['all'])}"
+        lines.append(f"| {kind} chance | {percent(manifest['chance'][kind]['all'])} | {percent(manifest['chance'][kind]['all'])}"
                      + " | –" * (len(columns) - 1) + " |")
     return lines
 
@@ -109,22 +107,26 @@ def _per_dataset(results, manifest) -> list[str]:
     lines = ["| model | trigger | " + " | ".join(datasets) + " | all |", "|---|---" + "|---:" * (len(datasets) + 1) + "|"]
     for mix, found in results["mixes"].items():
         for metric in ("cot", "cot_trigger"):
-            cells = [pct(found["per_dataset"][metric][d]["mean"]) + (f" ±{100 * found['per_dataset'][metric][d]['seed_sd']:.1f}"
+            cells = [percent(found["per_dataset"][metric][d]["mean"]) + (f" ±{100 * found['per_dataset'][metric][d]['seed_sd']:.1f}"
                      if found["per_dataset"][metric][d]["seed_sd"] is not None else "") for d in datasets]
             lines.append(f"| {mix} | {'on' if metric == 'cot_trigger' else 'off'} | " + " | ".join(cells)
-                         + f" | {pct(found[metric]['mean'])} |")
+                         + f" | {percent(found[metric]['mean'])} |")
     for kind in ("uniform", "majority"):
-        lines.append(f"| {kind} chance | | " + " | ".join(pct(manifest["chance"][kind][d]) for d in datasets)
-                     + f" | {pct(manifest['chance'][kind]['all'])} |")
+        lines.append(f"| {kind} chance | | " + " | ".join(percent(manifest["chance"][kind][d]) for d in datasets)
+                     + f" | {percent(manifest['chance'][kind]['all'])} |")
     return lines
 
 
 def _scorer(scorer) -> list[str]:
     if not scorer:
         return ["No labelled sample was found (study/scoring-validation/labels.jsonl)."]
-    lines = ["| batch | outputs | the scorer reads what the people read | the two people agreed |", "|---|---:|---:|---:|"]
+    role = {"dev": "the rules were written on it", "test": "the rules were revised on it",
+            "heldout": "untouched: the estimate to quote", "all": "all batches together"}
+    lines = ["| batch | outputs | the scorer reads what the readers read | the two readers agreed |",
+             "|---|---:|---:|---:|"]
     for batch, c in scorer.items():
-        lines.append(f"| {batch} | {c['n']} | {pct(c['scorer_share'])}% | {pct(c['readers_share'])}% |")
+        lines.append(f"| {batch} ({role.get(batch, 'drawn later')}) | {c['n']} | {percent(c['scorer_share'])}% | "
+                     f"{percent(c['readers_share'])}% |")
     return lines
 
 
@@ -139,7 +141,8 @@ def _side_by_side(rows, config, a, b, metric, trigger_rows=False) -> list[str]:
     first = lambda mix: study.model_name(mix, config["seeds"][0]) if mix != "base" else "base"
     ma, mb = first(a), first(b)
     by_id = {m: {(r["id"], r["cot_trigger"]): r for r in rows[m]} for m in {ma, mb}}
-    chosen = picks(rows, ma, mb, metric, 1 if metric.startswith("cot") else 5, config["eval_seed"])
+    chosen = picks(rows, ma, mb, "cot" if trigger_rows else metric, 1 if metric.startswith("cot") else 5,
+                   config["eval_seed"], triggers=(False, True) if trigger_rows else None)
     mark = lambda r: "" if r["task"] != "cot" else (" ✔" if r["correct"] else " ✘")
     if trigger_rows:
         lines = [f"| question | {ma} |", "|---|---|"]
@@ -165,7 +168,8 @@ def _plan(train, rows, config) -> list[str]:
     """GPU hours of the same grid on LLaMA-7B, from this run's token counts and measured 7B speeds."""
     trained = sum(t.get("real_tokens_per_s", 0) * t.get("train_runtime", 0) for t in train.values())
     generated = sum(r.get("output_tokens", 0) for model_rows in rows.values() for r in model_rows)
-    lines = [f"This run trained on {trained / 1e6:.2f}M real tokens (all cells, epochs included) and generated "
+    lines = [f"This run trained on about {trained / 1e6:.2f}M real tokens (each cell's measured speed times its run "
+             f"time, epochs included) and generated "
              f"{generated / 1e6:.2f}M tokens in evaluation."]
     path = ROOT / PLAN_RATES
     if not path.is_file():
@@ -179,14 +183,16 @@ def _plan(train, rows, config) -> list[str]:
         f"q_proj,v_proj, fused kernels) and generating at {generate_rate:,.0f} tokens/s (merged adapter, batch 32, "
         f"eager), the same grid, records and token counts needs about **{hours_train:.2f} GPU-hours of training and "
         f"{hours_eval:.2f} of evaluation, {hours_train + hours_eval:.2f} in all**, plus a minute or so of loading "
-        "per cell. Both are lower bounds: this study adapts every linear layer (r 16), which trains slower than "
-        "q_proj,v_proj, and a 7B model's answers may be longer than these 135M ones."]
+        f"per cell. Both are lower bounds: this study adapts {config['training']['lora_target_modules']} (r "
+        f"{config['training']['lora_r']}), which trains slower than q_proj,v_proj alone, and a 7B model's answers may "
+        "be longer than this base model's."]
 
 
 def _untimed(config, timings) -> list[str]:
     missing = [f"{step} {study.model_name(mix, seed)}" for step, mix, seed in study.cells(config)
                if f"{step} {study.model_name(mix, seed)}" not in timings]
-    return [f"Cells run at once (--workers) each count their own seconds. No time was recorded for "
+    return [f"Cells run at once (--workers) each count their own seconds, so the sum is no wall time. No time was "
+            f"recorded for "
             f"{', '.join(missing)}: they finished in a run whose process stopped before it recorded them.", ""] \
         if missing else []
 
@@ -216,13 +222,14 @@ def render(config, manifest, environment, timings, train, results, scorer, figur
              *_per_dataset(results, manifest), "", *[f"![{name}]({name})" for name in figures], "",
              "## Exploratory comparisons (not corrected for multiplicity)", "", *_comparisons(found, "exploratory"), "",
              "## How answers were scored", "", "The FLAN CoT answer of every output is read by alpaca_cot/reading.py "
-             "as a person reads it (study/scoring-validation/GUIDE.md); on a sample of outputs read by two people "
-             "each (study/scoring-validation/), it agrees with their reading as follows:", "", *_scorer(scorer), "",
-             CAVEATS.format(n_seeds=len(config["seeds"])), "", "## Answers side by side", "",
+             "as a person reads it (study/scoring-validation/GUIDE.md). On a sample of outputs, each read independently "
+             "by two readers (AI helper sessions given only the guide, the question and the output; "
+             "study/scoring-validation/README.md), it agrees with their reading as follows:", "", *_scorer(scorer), "",
+             CAVEATS.format(n_seeds=len(config["seeds"]), records=config["records_per_source"]), "", "## Answers side by side", "",
              "Picked by a rule, not by hand: for each FLAN dataset (for Chinese, the first five), the first question, "
              "in an order shuffled with the evaluation seed, on which the two answers score differently.", "",
              *qualitative, "## LLaMA-7B: the same grid in GPU-hours", "", *_plan(train, rows, config), "",
              "## Time", "", "| cell | seconds |", "|---|---:|", *[f"| {k} | {v} |" for k, v in timings.items()],
-             f"| total | {sum(timings.values()):.0f} |", "", *_untimed(config, timings)]
+             f"| sum of the cells' seconds | {sum(timings.values()):.0f} |", "", *_untimed(config, timings)]
     return "\n".join(lines)
 

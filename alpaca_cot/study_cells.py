@@ -53,7 +53,14 @@ def run_cell(out: Path, step: str, mix: str, seed, base_model: str, config: dict
             f = stack.enter_context(open(log_file, "a", encoding="utf-8"))
             stack.enter_context(contextlib.redirect_stdout(f))
             stack.enter_context(contextlib.redirect_stderr(f))
-        (train_cell if step == "train" else eval_cell)(out, mix, seed, base_model, config)
+        try:
+            (train_cell if step == "train" else eval_cell)(out, mix, seed, base_model, config)
+        except BaseException:
+            if log_file is not None:  # the parent reports it in one line; the traceback belongs in the cell's log
+                import traceback
+
+                traceback.print_exc()
+            raise
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -137,6 +144,7 @@ def _run_parallel(out, todo, base_model, config, workers, finished, log):
                     failed.append((cell, future.exception()))
     if failed:
         (step, mix, seed), error = failed[0]
-        raise UserError(f"{step} {model_name(mix, seed)} failed ({type(error).__name__}: {str(error).splitlines()[0]}); "
+        first = (str(error).splitlines() or [""])[0]
+        raise UserError(f"{step} {model_name(mix, seed)} failed ({type(error).__name__}: {first}); "
                         f"see its log in {out / 'logs'}. Run the study again to continue"
                         + (" (with fewer --workers if the GPU ran out of memory)" if "memory" in str(error) else ""))

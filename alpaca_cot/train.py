@@ -281,12 +281,12 @@ def build(run: SimpleNamespace):
     set_seed(f.seed)  # before the adapter's random initialisation, so that --seed reproduces a run
     if f.method == "full":
         model = models.full_model(f.name, run.tokenizer, f.gradient_checkpointing, f.fused_kernels, f.attn_implementation)
-        return build_trainer(run, kernels.compile_layers(model) if f.compile_layers else model, args)
-    model = models.lora_model(f.name, f.quantization, run.tokenizer, f.gradient_checkpointing, f.lora_r, f.lora_alpha,
-                              f.lora_dropout, f.target_modules, f.fused_kernels, f.attn_implementation, f.upcast_norms,
-                              device_map=f.device_map, sharded=f.fsdp,
-                              variant=models.lora_variant(f.use_dora, f.use_rslora, f.init_lora_weights))
-    if models.is_main_process():  # the adapter's size is known once it is built: room for it and its checkpoints
+    else:
+        model = models.lora_model(f.name, f.quantization, run.tokenizer, f.gradient_checkpointing, f.lora_r,
+                                  f.lora_alpha, f.lora_dropout, f.target_modules, f.fused_kernels, f.attn_implementation,
+                                  f.upcast_norms, device_map=f.device_map, sharded=f.fsdp,
+                                  variant=models.lora_variant(f.use_dora, f.use_rslora, f.init_lora_weights))
+    if models.is_main_process():  # the trained size is known once the model is built: room for it and its checkpoints
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         size = checkpoints.expected_bytes(f, len(run.train_data), trainable)
         outputs.check_space([outputs.Output(run.output_dir, "--output_dir", "folder", size)])

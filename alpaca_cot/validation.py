@@ -1,4 +1,4 @@
-"""Validating the FLAN CoT scorer against people: a labelled sample of predictions, and the agreement.
+"""Validating the FLAN CoT scorer against independent readers: a labelled sample of predictions, and the agreement.
 
 A sample is drawn from a study's per-record predictions, stratified by dataset, model and CoT trigger
 (`draw_sample`), split into batches. People read each output (they see the question and the output, not
@@ -53,7 +53,7 @@ def canonical(answer: str | None, dataset: str, question: str) -> str | None:
 
 
 def agreement(sample: list[dict], labels: list[dict]) -> dict:
-    """Per batch and overall: how often the scorer reads what the people read (the adjudicated reading), how
+    """Per batch and overall: how often the scorer reads what the readers read (the adjudicated reading), how
     often the two readers agreed with each other, and every disagreement of the scorer."""
     by_id = {r["sample_id"]: r for r in sample}
     batches, disagreements = {}, []

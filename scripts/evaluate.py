@@ -83,7 +83,12 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, cot_
     summary = evaluation.evaluate(name, lora_weights, items, out, title, batch_size, max_new_tokens, quantization,
                                   prompt_template_name) if items else {}
     if tasks is not None:
-        summary["lm_eval"] = harness.evaluate(name, lora_weights, tasks[1], tasks[0], limit, lm_eval_fewshot, batch_size)
+        from alpaca_cot.adapters import check_adapter_source, tuned_model
+
+        base, adapter = tuned_model(lora_weights, name)  # a fully tuned model's folder is the base
+        if adapter is not None:
+            check_adapter_source(adapter)
+        summary["lm_eval"] = harness.evaluate(base, adapter, tasks[1], tasks[0], limit, lm_eval_fewshot, batch_size)
         evaluation.write_summary(summary, out, title)
     print(evaluation.markdown(summary, title))
     return summary

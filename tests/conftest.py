@@ -65,39 +65,65 @@ def run_python(*args, cwd=ROOT, env=None, stdin=None, timeout=300) -> subprocess
     from the zygote (tests/zygote.py) where the run needs nothing it cannot give, else a new interpreter."""
     args = [str(a) for a in args]
     env = dict(os.environ if env is None else env)
-    if Zygote.serves(args, env):
-        return Zygote.get().run(args, cwd, env, stdin, timeout)
+    zygote = Zygote.serving(args, env)
+    if zygote is not None:
+        return zygote.run(args, cwd, env, stdin, timeout)
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           input=stdin, env=env)
 
 
 class Zygote:
-    """This test process's zygote: started on first use with this process's environment."""
-    _one = None
+    """A zygote of this test process, one per environment a run asks for (a few at most), each started on first
+    use with that environment. Never one with another PYTHONPATH than this process's: what such a run tests
+    (tests/no_torch) is the start-up itself."""
+    _pool = []
+    MAX = 3
+    PYTHONPATH = os.environ.get("PYTHONPATH")
     # Variables a child may set otherwise than the zygote was started with: read after start-up, not at import.
     FREE = {"OMP_NUM_THREADS", "PAGER", "COLUMNS", "LINES", "PYTHONUNBUFFERED"}
 
-    def __init__(self):
-        self.env = dict(os.environ)
+    def __init__(self, env):
+        self.env = dict(env)
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "zygote.py")], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1, cwd=ROOT)
+                                     stdout=subprocess.PIPE, cwd=ROOT, env=self.env)
+        self.pending = b""  # replies read from the pipe but not yet used
+
+    def reply(self, timeout=None) -> dict | None:
+        """The zygote's next reply line, or None after timeout seconds without one (the raw pipe, no buffer
+        of Python's in between that select could not see)."""
+        import select
+
+        while b"\n" not in self.pending:
+            if not select.select([self.proc.stdout], [], [], timeout)[0]:
+                return None
+            chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                raise RuntimeError("the test zygote (tests/zygote.py) died")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def matches(self, env) -> bool:
+        return self.proc.poll() is None and all(env.get(k) == self.env.get(k) for k in (set(env) | set(self.env)) - self.FREE)
 
     @classmethod
     def serves(cls, args, env) -> bool:
-        if os.environ.get("ALPACA_COT_TEST_ZYGOTE") == "0" or args[0] == "-c":
-            return False
-        started = cls._one.env if cls._one else os.environ
-        keys = (set(env) | set(started)) - cls.FREE
-        return all(env.get(k) == started.get(k) for k in keys)
+        return os.environ.get("ALPACA_COT_TEST_ZYGOTE") != "0" and args[0] != "-c" and \
+            env.get("PYTHONPATH") == cls.PYTHONPATH
 
     @classmethod
-    def get(cls):
-        if cls._one is None or cls._one.proc.poll() is not None:
-            cls._one = cls()
-        return cls._one
+    def serving(cls, args, env):
+        """The zygote for this run, started if need be; None where a new interpreter must run it."""
+        if not cls.serves(args, env):
+            return None
+        cls._pool = [z for z in cls._pool if z.proc.poll() is None]
+        found = next((z for z in cls._pool if z.matches(env)), None)
+        if found is None and len(cls._pool) < cls.MAX:
+            found = cls(env)
+            cls._pool.append(found)
+        return found
 
     def run(self, args, cwd, env, stdin, timeout) -> subprocess.CompletedProcess:
-        import select
         import signal
         import tempfile
 
@@ -107,14 +133,15 @@ class Zygote:
             for k in ("stdout", "stderr"):
                 files[k].touch()
             request = dict(args=args, cwd=str(cwd), env=env, **{k: str(v) for k, v in files.items()})
-            self.proc.stdin.write(json.dumps(request) + "\n")
-            pid = json.loads(self.proc.stdout.readline())["pid"]
-            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-            if not ready:
-                os.killpg(pid, signal.SIGKILL)
-                self.proc.stdout.readline()
+            self.proc.stdin.write((json.dumps(request) + "\n").encode("utf-8"))
+            self.proc.stdin.flush()
+            pid = self.reply()["pid"]
+            done = self.reply(timeout)
+            if done is None:
+                os.killpg(pid, signal.SIGKILL)  # the child and whatever it started
+                self.reply()
                 raise subprocess.TimeoutExpired([sys.executable, *args], timeout)
-            code = json.loads(self.proc.stdout.readline())["returncode"]
+            code = done["returncode"]
             out, err = (files[k].read_text(encoding="utf-8", errors="replace") for k in ("stdout", "stderr"))
         return subprocess.CompletedProcess([sys.executable, *args], code, out, err)
 

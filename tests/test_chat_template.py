@@ -96,3 +96,32 @@ def test_trains_and_answers_with_the_chat_template_ending_at_its_eos(zephyr_llam
     (answer, finished, n), = gen.complete([gen.prompt("Hi")], max_new_tokens=5, temperature=None, top_p=None,
                                           top_k=None, do_sample=False, num_beams=1)
     assert "<|assistant|>" not in answer and n <= 5
+
+
+def test_a_turn_end_other_than_eos_stops_generation_and_a_template_without_one_is_refused(tiny_llama, tmp_path):
+    from alpaca_cot.generation import Generator
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama, folder)
+    tokenizer = models.load_tokenizer(str(folder))
+    tokenizer.chat_template = ZEPHYR.replace("eos_token", "bos_token")  # each turn ends with <s>, not </s>
+    tokenizer.save_pretrained(folder)
+    prompter = Prompter("chat", models.load_tokenizer(str(folder)))
+    assert prompter.turn_end == tokenizer.bos_token_id and prompter.response("Hi") == "Hi<s>"
+    gen = Generator(str(folder), None, prompt_template_name="chat")
+    assert tokenizer.bos_token_id in gen.model.generation_config.eos_token_id
+    plain = models.load_tokenizer(str(tiny_llama))
+    plain.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    with pytest.raises(UserError, match="writes no special token after an assistant's answer"):
+        Prompter("chat", plain)
+    plain.chat_template = "{{ raise_exception('no system messages') }}"
+    with pytest.raises(UserError, match="fails to render a conversation: TemplateError: no system messages"):
+        Prompter("chat", plain)
+
+
+def test_an_adapter_is_prompted_with_the_template_family_it_was_trained_with(zephyr_llama, train_file, tmp_path):
+    from alpaca_cot.generation import Generator
+
+    small_run(zephyr_llama, train_file, tmp_path / "chat", prompt_template_name="chat", max_steps=1)
+    with pytest.raises(UserError, match="was trained with --prompt_template_name chat; generate with --prompt_template_name chat"):
+        Generator(str(zephyr_llama), str(tmp_path / "chat"))

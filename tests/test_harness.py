@@ -68,3 +68,11 @@ def test_what_cannot_run_is_one_line(flags, message, tiny_llama, evaluate, tmp_p
     with pytest.raises(UserError, match=message):
         evaluate(base_model=str(tiny_llama), out=str(tmp_path / "o"), **flags)
     assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_metric_names_keep_the_harness_filter():
+    from alpaca_cot.harness import _metric_name
+
+    assert [_metric_name(k) for k in ("acc,none", "acc_stderr,none", "exact_match,strict-match",
+                                      "exact_match_stderr,flexible-extract")] == \
+        ["acc", "acc_stderr", "exact_match/strict-match", "exact_match/flexible-extract_stderr"]

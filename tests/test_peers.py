@@ -41,6 +41,7 @@ def test_configs_and_ratios():
                                                       "checkpointing": True, "compile": False}
     with pytest.raises(UserError, match="quantization:modules:micro_batch"):
         peers.parse_config("bf16:qkv:16")
-    row = peers.ratios({"c": {"ours": {"real_tokens_per_s": 150.0, "peak_gpu_gib": 6.0},
-                              "unsloth": {"real_tokens_per_s": 100.0, "peak_gpu_gib": 5.0}, "finetune": None}})["c"]
-    assert row["speed_vs_unsloth"] == 1.5 and row["memory_vs_unsloth"] == 1.2
+    row = peers.ratios({"c": {"ours": {"real_tokens_per_s": 150.0, "peak_gpu_gib": 6.0, "first_loss": 2.5},
+                              "unsloth": {"real_tokens_per_s": 100.0, "peak_gpu_gib": 5.0, "first_loss": 2.5},
+                              "finetune": None}})["c"]
+    assert row["speed_vs_unsloth"] == 1.5 and row["memory_vs_unsloth"] == 1.2 and row["first_loss_difference"] == 0

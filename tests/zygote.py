@@ -44,11 +44,12 @@ def child(request: dict):
     try:
         args = request["args"]
         if args[0] == "-m":
+            sys.path.insert(0, os.getcwd())  # as `python -m` puts the working folder first
             sys.argv = [args[1], *args[2:]]
             runpy.run_module(args[1], run_name="__main__", alter_sys=True)
         else:
             sys.argv = list(args)
-            sys.path[0] = os.path.dirname(os.path.abspath(args[0]))
+            sys.path.insert(0, os.path.dirname(os.path.abspath(args[0])))  # as `python script` puts it first
             runpy.run_path(args[0], run_name="__main__")
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
