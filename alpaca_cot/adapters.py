@@ -56,34 +56,31 @@ def save_adapter(model, tokenizer, folder: Path, state_dict: dict | None = None,
     state_dict: the adapter's weights when the model holds only shards of them (FSDP). convert_from: the
     adapter as PiSSA or OLoRA initialised it; the saved one is then peft's conversion to a plain LoRA of twice
     the rank, which applies to the unchanged base."""
-    folder.mkdir(parents=True, exist_ok=True)
-    finish_interrupted_save(folder)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder))
-    try:
-        extra = {} if state_dict is None else {"state_dict": state_dict}
-        if convert_from is not None:
-            extra["path_initial_model_for_weight_conversion"] = str(convert_from)
-        model.save_pretrained(staging, **extra)
-        tokenizer.save_pretrained(staging)
-        for f in ADAPTER_FILES:
-            if not (staging / f).is_file() or (staging / f).stat().st_size == 0:
-                raise RuntimeError(f"saving the adapter produced no {f}")
-        os.replace(staging, folder / COMMIT)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    finish_interrupted_save(folder)
+    extra = {} if state_dict is None else {"state_dict": state_dict}
+    if convert_from is not None:
+        extra["path_initial_model_for_weight_conversion"] = str(convert_from)
+
+    def complete(staging: Path) -> bool:
+        return all((staging / f).is_file() and (staging / f).stat().st_size > 0 for f in ADAPTER_FILES)
+
+    _save_unit(folder, lambda staging: model.save_pretrained(staging, **extra), tokenizer, complete, "the adapter")
 
 
 def save_model(model, tokenizer, folder: Path):
     """finetune --method full: the whole model and tokenizer, saved as a unit as save_adapter saves an adapter."""
+    _save_unit(folder, model.save_pretrained, tokenizer, holds_full_model, "the model")
+
+
+def _save_unit(folder: Path, save, tokenizer, complete, what: str):
+    """Stage save(folder) and the tokenizer, check them, commit them with one rename, move them in."""
     folder.mkdir(parents=True, exist_ok=True)
     finish_interrupted_save(folder)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder))
     try:
-        model.save_pretrained(staging)
+        save(staging)
         tokenizer.save_pretrained(staging)
-        if not holds_full_model(staging):
-            raise RuntimeError("saving the model produced no config.json and safetensors weights")
+        if not complete(staging):
+            raise RuntimeError(f"saving {what} left it incomplete in {staging}")
         os.replace(staging, folder / COMMIT)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
