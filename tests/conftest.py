@@ -73,8 +73,8 @@ def run_python(*args, cwd=ROOT, env=None, stdin=None, timeout=300) -> subprocess
 
 
 class Zygote:
-    """A zygote of this test process, one per environment a run asks for (a few at most), each started on first
-    use with that environment. Never one with another PYTHONPATH than this process's: what such a run tests
+    """A zygote of this test process, one per environment a run asks for (the few most recently used), each
+    started on first use with that environment. Never one with another PYTHONPATH than this process's: what such a run tests
     (tests/no_torch) is the start-up itself."""
     _pool = []
     MAX = 3
@@ -118,9 +118,13 @@ class Zygote:
             return None
         cls._pool = [z for z in cls._pool if z.proc.poll() is None]
         found = next((z for z in cls._pool if z.matches(env)), None)
-        if found is None and len(cls._pool) < cls.MAX:
+        if found is None:
+            if len(cls._pool) >= cls.MAX:  # the least recently used one makes room
+                cls._pool.pop(0).proc.stdin.close()
             found = cls(env)
-            cls._pool.append(found)
+        else:
+            cls._pool.remove(found)
+        cls._pool.append(found)
         return found
 
     def run(self, args, cwd, env, stdin, timeout) -> subprocess.CompletedProcess:
