@@ -26,7 +26,8 @@ CHECKPOINT_PREFIX = "checkpoint-"
 NOT_DEFINING = {"output_dir", "eval_steps", "save_steps", "save_total_limit", "logging_steps", "report_to",
                 "resume_from_checkpoint", "overwrite", "local_rank", "num_epochs", "max_steps",
                 "gradient_checkpointing", "fused_kernels", "attn_implementation", "world_size",
-                "gradient_accumulation_steps", "records", "files", "data", "recipe", "compile_layers"}
+                "gradient_accumulation_steps", "records", "files", "data", "recipe", "compile_layers",
+                "offload_activations"}
 
 
 def run_config(f, files, n_records: int) -> dict:
@@ -36,7 +37,7 @@ def run_config(f, files, n_records: int) -> dict:
             "train_on_history", "dedup", "max_records_per_source", "decontaminate", "group_by_length",
             "gradient_checkpointing", "fused_kernels", "packing", "pad_to_cutoff", "upcast_norms",
             "attn_implementation", "resume_from_checkpoint", "warmup_steps", "skip_bad_records", "seed",
-            "compile_layers")
+            "compile_layers", "offload_activations")
     return dict(base_model=f.name, recipe=f.recipe or "default", files=[str(p) for p in files],
                 output_dir=str(f.output_dir), gradient_accumulation_steps=f.accumulation, world_size=f.world,
                 lora_target_modules=f.target_modules, prompt_template=f.prompt_template_name, records=n_records,

@@ -11,7 +11,8 @@
    micro-batch's loss, before any update (the same model on the same tensors: `ratios` reports how far apart).
 
 A config names one row of the comparison: `bf16:qv:16` (quantization, LoRA modules qv or all, micro-batch),
-with options `ckpt` (gradient checkpointing; unsloth's offloaded kind) and `compile` (ours: --compile_layers).
+with options `ckpt` (gradient checkpointing; unsloth's offloaded kind), and for ours `compile` (--compile_layers)
+and `offload` (--offload_activations). Rows that differ only in ours' options share one unsloth run (`peer_key`).
 """
 
 import json
@@ -22,6 +23,7 @@ from .cli import UserError
 
 MODULES = {"qv": ["q_proj", "v_proj"], "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 SYSTEMS = ("ours", "unsloth")
+OPTIONS = ("ckpt", "compile", "offload")
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0)  # dropout 0: unsloth's fused LoRA path needs it
 
 
@@ -29,11 +31,26 @@ def parse_config(spec: str) -> dict:
     """`4bit:all:16:ckpt` -> {quantization, modules, micro_batch_size, checkpointing, compile}."""
     parts = str(spec).split(":")
     if len(parts) < 3 or parts[0] not in ("bf16", "4bit") or parts[1] not in MODULES or not parts[2].isdigit() \
-            or any(o not in ("ckpt", "compile") for o in parts[3:]):
-        raise UserError(f"--peer_configs {spec!r}: write quantization:modules:micro_batch[:ckpt][:compile], "
-                        "quantization bf16 or 4bit, modules qv or all (e.g. bf16:qv:16, 4bit:all:16:ckpt)")
+            or any(o not in OPTIONS for o in parts[3:]) or ("offload" in parts[3:] and "ckpt" not in parts[3:]):
+        raise UserError(f"--peer_configs {spec!r}: write quantization:modules:micro_batch[:ckpt][:compile][:offload], "
+                        "quantization bf16 or 4bit, modules qv or all, offload only with ckpt (e.g. bf16:qv:16, "
+                        "4bit:all:16:ckpt:offload)")
     return {"quantization": "none" if parts[0] == "bf16" else "4bit", "modules": parts[1],
-            "micro_batch_size": int(parts[2]), "checkpointing": "ckpt" in parts[3:], "compile": "compile" in parts[3:]}
+            "micro_batch_size": int(parts[2]), "checkpointing": "ckpt" in parts[3:], "compile": "compile" in parts[3:],
+            "offload": "offload" in parts[3:]}
+
+
+def parse_systems(systems: list[str]) -> list[str]:
+    """--peer_systems: some of ours, finetune (finetune.py itself) and unsloth."""
+    if not systems or any(s not in (*SYSTEMS, "finetune") for s in systems):
+        raise UserError(f"--peer_systems {','.join(systems)!r}: choose from ours, finetune, unsloth")
+    return systems
+
+
+def peer_key(spec: str) -> str:
+    """The part of a config unsloth sees: `4bit:qv:16:ckpt:compile` -> `4bit:qv:16:ckpt`."""
+    parts = str(spec).split(":")
+    return ":".join(parts[:3] + [o for o in parts[3:] if o == "ckpt"])
 
 
 def micro_batches(model_dir: str, data: str, micro_batch_size: int, n: int, out: Path, cutoff_len: int = 512,
@@ -61,12 +78,14 @@ def micro_batches(model_dir: str, data: str, micro_batch_size: int, n: int, out:
 
 
 def _ours(model_dir: str, config: dict):
-    from . import kernels, models
+    from . import kernels, models, offload
 
     tokenizer = models.load_tokenizer(model_dir)
     model = models.lora_model(model_dir, config["quantization"], tokenizer, config["checkpointing"], LORA["r"],
                               LORA["lora_alpha"], LORA["lora_dropout"], MODULES[config["modules"]],
                               fused_kernels=kernels.use_fused_kernels(None))
+    if config["offload"]:
+        offload.offload_activations(model, config["checkpointing"])
     return kernels.compile_layers(model) if config["compile"] else model
 
 
@@ -136,15 +155,21 @@ def run_system(system: str, model_dir: str, batches: str, config: str, out: str,
 
 
 def ratios(rows: dict) -> dict:
-    """{config: {system: figures, "speed_vs_unsloth", "memory_vs_unsloth"}} for the systems that ran."""
+    """{config: {system: figures, ratios to unsloth}} for the systems that ran: `speed_vs_unsloth`,
+    `memory_vs_unsloth` and `first_loss_difference` for ours (the plain loop), `finetune_speed_vs_unsloth` and
+    `finetune_memory_vs_unsloth` for finetune.py."""
     table = {}
     for config, systems in rows.items():
-        peer, ours = systems.get("unsloth"), systems.get("ours")
+        peer = systems.get("unsloth")
         entry = dict(systems)
-        if peer and ours:
-            entry["speed_vs_unsloth"] = round(ours["real_tokens_per_s"] / peer["real_tokens_per_s"], 3)
-            if peer.get("peak_gpu_gib") and ours.get("peak_gpu_gib"):
-                entry["memory_vs_unsloth"] = round(ours["peak_gpu_gib"] / peer["peak_gpu_gib"], 3)
-            entry["first_loss_difference"] = round(ours["first_loss"] - peer["first_loss"], 5)
+        for system, prefix in (("ours", ""), ("finetune", "finetune_")):
+            mine = systems.get(system)
+            if not (peer and mine):
+                continue
+            entry[f"{prefix}speed_vs_unsloth"] = round(mine["real_tokens_per_s"] / peer["real_tokens_per_s"], 3)
+            if peer.get("peak_gpu_gib") and mine.get("peak_gpu_gib"):
+                entry[f"{prefix}memory_vs_unsloth"] = round(mine["peak_gpu_gib"] / peer["peak_gpu_gib"], 3)
+            if "first_loss" in mine:
+                entry[f"{prefix}first_loss_difference"] = round(mine["first_loss"] - peer["first_loss"], 5)
         table[config] = entry
     return table

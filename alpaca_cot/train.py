@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
-from . import adapters, checkpoints, distributed, io, kernels, models, outputs, recipes, sharding
+from . import adapters, checkpoints, distributed, io, kernels, models, offload, outputs, recipes, sharding
 from .checks import check_attention, check_finetune_flags, check_quantization
 from .catalog import resolve as resolve_data
 from .cli import UserError, as_list
@@ -55,6 +55,7 @@ def finetune(
     gradient_checkpointing: bool = None,
     fused_kernels: bool = None,
     compile_layers: bool = False,
+    offload_activations: bool = False,
     packing: bool = False, pad_to_cutoff: bool = None,  # they exclude each other
     upcast_norms: bool = None,
     attn_implementation: str = "sdpa",
@@ -117,6 +118,8 @@ def finetune(
         fused_kernels: Liger's fused Triton kernels; on by default on a GPU with liger-kernel.
         compile_layers: torch.compile each decoder layer (regional, dynamic shapes: no recompile per padded
             length); off by default until measured on a GPU (benchmarks/README.md).
+        offload_activations: with --gradient_checkpointing, keep the checkpointed layer inputs in pinned CPU
+            memory between forward and backward, copied on side streams (less GPU memory; on the CPU, copies).
         packing: put each micro-batch's records in one row without padding.
         pad_to_cutoff: pad every record to --cutoff_len, as the 2023 recipe did (off: each batch to its longest).
         upcast_norms: peft's prepare_model_for_kbit_training: fp32 norms, embeddings and head around a quantized
@@ -217,6 +220,8 @@ def resolve(flags: dict) -> SimpleNamespace:
         f.micro_batch_size = recipes.default_micro_batch_size(f.quantization, f.fused_kernels)
     if f.gradient_checkpointing is None:
         f.gradient_checkpointing = recipes.default_gradient_checkpointing(f.quantization)
+    if f.offload_activations and not f.gradient_checkpointing:
+        raise UserError("--offload_activations offloads the checkpointed layer inputs: it needs --gradient_checkpointing")
     for flag in ("batch_size", "micro_batch_size", "cutoff_len", "lora_r"):
         value = getattr(f, flag)
         if not isinstance(value, int) or value <= 0:
@@ -292,4 +297,6 @@ def build(run: SimpleNamespace):
         outputs.check_space([outputs.Output(run.output_dir, "--output_dir", "folder", size)])
     if f.compile_layers:
         kernels.compile_layers(model)
+    if f.offload_activations:
+        offload.offload_activations(model, f.gradient_checkpointing)
     return build_trainer(run, model, args)  # (the Trainer creates the output folder)

@@ -298,7 +298,7 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
          gen_variants: str = "unmerged,merged,compiled", memory_cap_gib: float = None, gpus: str = None,
          global_batch: int = 128, scaling_steps: int = 40, profile_steps: int = 0, overwrite: bool = False,
          peers: str = None, peer_configs: str = "bf16:qv:16,bf16:qv:32,bf16:all:16,bf16:qv:16:ckpt,4bit:qv:16:ckpt,"
-         "4bit:all:16:ckpt", peers_site: str = "/tmp/peers-site"):
+         "4bit:all:16:ckpt", peers_site: str = "/tmp/peers-site", peer_systems: str = "ours,finetune,unsloth"):
     """Train each recipe on a random-init model of --shape, then time generation; print and save the figures.
 
     Args:
@@ -322,9 +322,10 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
             each rank's summary (GPU busy share, stalls, NCCL and host-wait time) goes in the report.
         overwrite: replace an existing --out report (a JSON file only).
         peers: unsloth: compare with it on the same micro-batches instead of the recipe table (--steps of them each).
-        peer_configs: the rows compared with --peers, comma-separated quantization:modules:micro_batch[:ckpt][:compile].
+        peer_configs: the rows compared with --peers, comma-separated quantization:modules:micro_batch[:ckpt][:compile][:offload].
         peers_site: a folder put first on PYTHONPATH of the peer's process alone (gpu-payload.sh --peers puts
             unsloth's pinned datasets there).
+        peer_systems: which of ours (the plain loop), finetune (finetune.py) and unsloth run with --peers.
     """
     if not torch.cuda.is_available():
         raise UserError("the benchmark needs a CUDA GPU")
@@ -336,8 +337,9 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
         if peers != "unsloth":
             raise UserError(f"--peers {peers!r}: the peer measured is unsloth")
         configs = [(spec, peer_lib.parse_config(spec)) for spec in names(peer_configs)]
+        systems = peer_lib.parse_systems(names(peer_systems))
         report, model, data, _ = setup(shape, Path(shared or ROOT.parent / "shared"), Path(work_dir), memory_cap_gib)
-        return compare_peers(report, configs, model, data, Path(work_dir), steps, peers_site, out)
+        return compare_peers(report, configs, model, data, Path(work_dir), steps, peers_site, out, systems)
     counts = gpu_counts(gpus, torch.cuda.device_count()) if gpus else None
     if counts and "legacy" in names(recipes):
         raise UserError("--gpus runs finetune.py recipes; drop legacy from --recipes")
@@ -522,30 +524,39 @@ def print_scaling(report):
                   f"{m.get('peak_gpu_gib', 0):9.1f} {1 / steps_s if steps_s else float('nan'):7.2f}")
 
 
-def compare_peers(report, configs, model, data, work, steps, peers_site, out):
+def compare_peers(report, configs, model, data, work, steps, peers_site, out, systems):
     """Each config: the micro-batches saved once, then ours, finetune.py and unsloth, each in its own process."""
     from alpaca_cot import peers as peer_lib
 
-    rows = {}
+    rows, runs = {}, {}
     for spec, config in configs:
-        name = spec.replace(":", "-")
         batches = work / f"batches-mb{config['micro_batch_size']}.pt"
         if not batches.exists():
             peer_lib.micro_batches(str(model), str(data), config["micro_batch_size"], steps, batches)
         rows[spec] = {}
-        for system in peer_lib.SYSTEMS:
+        for system in (s for s in peer_lib.SYSTEMS if s in systems):
+            key = peer_lib.peer_key(spec) if system == "unsloth" else spec
+            if (system, key) in runs:  # ours' options change nothing for unsloth: one run serves them all
+                rows[spec][system] = runs[system, key]
+                continue
+            name = key.replace(":", "-")
             result = work / f"peer-{system}-{name}.json"
             env = {"PYTHONPATH": os.pathsep.join([peers_site, *filter(None, [os.environ.get("PYTHONPATH")])])} \
                 if system == "unsloth" else None
             rc = sh([sys.executable, __file__, "run_system", "--system", system, "--model_dir", str(model),
-                     "--batches", str(batches), "--config", spec, "--out", str(result)], work / f"peer-{system}-{name}.log",
+                     "--batches", str(batches), "--config", key, "--out", str(result)], work / f"peer-{system}-{name}.log",
                     env)
-            rows[spec][system] = json.loads(result.read_text()) if rc == 0 else None
+            rows[spec][system] = runs[system, key] = json.loads(result.read_text()) if rc == 0 else None
+        name = spec.replace(":", "-")
+        if "finetune" not in systems:
+            report["peers"] = peer_lib.ratios(rows)
+            save(report, out)
+            continue
         run_dir = work / f"peer-finetune-{name}"
         recipe = f"{config['quantization']}:{config['micro_batch_size']}:{'ckpt' if config['checkpointing'] else 'nockpt'}"
         args = finetune_command(recipe, model, data, run_dir, steps) + [
             "--lora_target_modules", ",".join(peer_lib.MODULES[config["modules"]]), "--lora_dropout", "0",
-            "--compile_layers", str(config["compile"])]
+            "--compile_layers", str(config["compile"]), "--offload_activations", str(config["offload"])]
         rc = sh(args, work / f"{run_dir.name}.log")
         summary = json.loads((run_dir / "train_summary.json").read_text()) if rc == 0 else None
         rows[spec]["finetune"] = {k: summary[k] for k in ("real_tokens_per_s", "peak_gpu_gib")} if summary else None
@@ -555,7 +566,9 @@ def compare_peers(report, configs, model, data, work, steps, peers_site, out):
     for spec, row in report["peers"].items():
         print(f"{spec:22s} " + "  ".join(f"{s} {(row.get(s) or {}).get('real_tokens_per_s', 'failed')}"
                                          for s in ("ours", "finetune", "unsloth"))
-              + f"  speed x{row.get('speed_vs_unsloth', '-')}  memory x{row.get('memory_vs_unsloth', '-')}")
+              + f"  ours x{row.get('speed_vs_unsloth', '-')} speed, x{row.get('memory_vs_unsloth', '-')} memory"
+              + f"  finetune x{row.get('finetune_speed_vs_unsloth', '-')} speed,"
+              f" x{row.get('finetune_memory_vs_unsloth', '-')} memory")
     return report
 
 

@@ -38,10 +38,19 @@ def test_ours_runs_over_them_in_its_own_process(tiny_llama, train_file, tmp_path
 
 def test_configs_and_ratios():
     assert peers.parse_config("4bit:all:16:ckpt") == {"quantization": "4bit", "modules": "all", "micro_batch_size": 16,
-                                                      "checkpointing": True, "compile": False}
-    with pytest.raises(UserError, match="quantization:modules:micro_batch"):
-        peers.parse_config("bf16:qkv:16")
+                                                      "checkpointing": True, "compile": False, "offload": False}
+    assert peers.parse_config("4bit:qv:16:ckpt:compile:offload")["offload"] is True
+    for bad in ("bf16:qkv:16", "bf16:qv:16:offload", "bf16:qv:16:fast"):
+        with pytest.raises(UserError, match="quantization:modules:micro_batch"):
+            peers.parse_config(bad)
+    assert peers.peer_key("4bit:qv:16:ckpt:compile:offload") == "4bit:qv:16:ckpt"
+    assert peers.peer_key("bf16:qv:32:compile") == "bf16:qv:32"
+    assert peers.parse_systems(["finetune", "unsloth"]) == ["finetune", "unsloth"]
+    with pytest.raises(UserError, match="--peer_systems"):
+        peers.parse_systems(["axolotl"])
     row = peers.ratios({"c": {"ours": {"real_tokens_per_s": 150.0, "peak_gpu_gib": 6.0, "first_loss": 2.5},
                               "unsloth": {"real_tokens_per_s": 100.0, "peak_gpu_gib": 5.0, "first_loss": 2.5},
-                              "finetune": None}})["c"]
+                              "finetune": {"real_tokens_per_s": 80.0, "peak_gpu_gib": 4.0}}})["c"]
     assert row["speed_vs_unsloth"] == 1.5 and row["memory_vs_unsloth"] == 1.2 and row["first_loss_difference"] == 0
+    assert row["finetune_speed_vs_unsloth"] == 0.8 and row["finetune_memory_vs_unsloth"] == 0.8
+    assert "speed_vs_unsloth" not in peers.ratios({"c": {"ours": None, "unsloth": {"real_tokens_per_s": 1.0}}})["c"]
