@@ -28,7 +28,7 @@ LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0)  # dropout 0: unsloth's fused 
 
 
 def parse_config(spec: str) -> dict:
-    """`4bit:all:16:ckpt` -> {quantization, modules, micro_batch_size, checkpointing, compile}."""
+    """`4bit:all:16:ckpt` -> {quantization, modules, micro_batch_size, checkpointing, compile, offload}."""
     parts = str(spec).split(":")
     if len(parts) < 3 or parts[0] not in ("bf16", "4bit") or parts[1] not in MODULES or not parts[2].isdigit() \
             or any(o not in OPTIONS for o in parts[3:]) or ("offload" in parts[3:] and "ckpt" not in parts[3:]):
