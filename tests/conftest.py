@@ -80,7 +80,8 @@ class Zygote:
     MAX = 3
     PYTHONPATH = os.environ.get("PYTHONPATH")
     # Variables a child may set otherwise than the zygote was started with: read after start-up, not at import.
-    FREE = {"OMP_NUM_THREADS", "PAGER", "COLUMNS", "LINES", "PYTHONUNBUFFERED"}
+    # PYTEST_CURRENT_TEST names the running test: different in every test, and read by no script.
+    FREE = {"OMP_NUM_THREADS", "PAGER", "COLUMNS", "LINES", "PYTHONUNBUFFERED", "PYTEST_CURRENT_TEST"}
 
     def __init__(self, env):
         self.env = dict(env)
