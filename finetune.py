@@ -1,9 +1,9 @@
 """Fine-tune LLaMA with LoRA on instruction data: `python finetune.py --size 7 --data cot`.
 
-All flags: `python finetune.py --help`. The work happens in alpaca_cot/train.py.
+All flags: `python finetune.py --help`. The work happens in alpaca_cot/train/finetune.py.
 """
 
 from alpaca_cot.cli import run
 
 if __name__ == "__main__":
-    run("alpaca_cot.train:finetune")  # a string: the flags are checked before torch is imported
+    run("alpaca_cot.train.finetune:finetune")  # a string: the flags are checked before torch is imported

@@ -4,7 +4,7 @@
   --input_file F.json|F.jsonl             every record, answered in batches, written as JSONL
   (nothing)                               an interactive prompt that streams the answer
   --web                                   a Gradio page (pip install gradio), on 127.0.0.1
-The work happens in alpaca_cot/answer.py and generation.py; all flags: `python generate.py --help`.
+The work happens in alpaca_cot/infer/answer.py and generation.py; all flags: `python generate.py --help`.
 """
 
 from pathlib import Path
@@ -71,13 +71,15 @@ def main(size: int = 7, data: str = "cot", base_model: str = None, lora_weights:
     # Imported here, after the flags are checked: torch takes seconds to import.
     import torch
 
-    from alpaca_cot import models, recipes
-    from alpaca_cot.answer import (answer_file, check_room, check_serving, import_gradio, interactive, output_path,
+    from alpaca_cot.model import models
+
+    from alpaca_cot.train import recipes
+    from alpaca_cot.infer.answer import (answer_file, check_room, check_serving, import_gradio, interactive, output_path,
                                    read_records, serve, worth_compiling)
-    from alpaca_cot.catalog import check_readable
-    from alpaca_cot.checkpoints import default_output_dir
-    from alpaca_cot.checks import check_device_map
-    from alpaca_cot.generation import Generator, decoding_kwargs
+    from alpaca_cot.data.catalog import check_readable
+    from alpaca_cot.train.checkpoints import default_output_dir
+    from alpaca_cot.model.checks import check_device_map
+    from alpaca_cot.infer.generation import Generator, decoding_kwargs
 
     flags = recipes.apply(recipe, "generate", dict(
         prompt_template_name=prompt_template_name, max_new_tokens=max_new_tokens, temperature=temperature,

@@ -1,11 +1,13 @@
 """alpaca-cot: LoRA instruction tuning of LLaMA-family models on a uniformly formatted
 instruction collection (Alpaca, BELLE, FLAN chain-of-thought).
 
-The path: a record goes data -> prompt -> ids/labels -> model -> adapter -> generation through five
-modules, in this order: `data` (the records --data names, read, checked and drawn into the mixture),
-`preprocess` (the prompt template and the ids/labels), `models` (the base model and its LoRA wrap),
-`adapters` (the adapter folder, saved and loaded) and `generation` (base and adapter reloaded, answers).
-`train` (finetune's recipe) and `answer` (generate's modes) call them in that order.
+The package's top is the house every stage uses (cli, io, outputs, hub); the work sits in stage folders,
+each importing only those before it: data -> model -> train | infer -> eval -> study (and bench). A record
+goes data -> prompt -> ids/labels -> model -> adapter -> generation through five modules, in this order:
+`data.loader` (the records --data names, read, checked and drawn into the mixture), `data.preprocess` (the
+prompt template and the ids/labels), `model.models` (the base model and its LoRA wrap), `model.adapters`
+(the adapter folder, saved and loaded) and `infer.generation` (base and adapter reloaded, answers).
+`train.finetune` (finetune's recipe) and `infer.answer` (generate's modes) call them in that order.
 """
 
 from pathlib import Path

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from .cli import UserError
+from alpaca_cot.cli import UserError
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 

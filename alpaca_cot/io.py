@@ -22,7 +22,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from .cli import UserError
+from alpaca_cot.cli import UserError
 
 # Temporaries of the atomic writes, by what they are: a file's, a folder's, a replaced folder's, an adapter's staging.
 TEMP_FILE = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.tmp")

@@ -26,8 +26,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import UserError
-from .io import MARKER, sweep  # noqa: F401  (MARKER: a folder's marker, written by io.atomic_folder)
+from alpaca_cot.cli import UserError
+from alpaca_cot.io import MARKER, sweep  # noqa: F401  (MARKER: a folder's marker, written by io.atomic_folder)
 
 SPACE_MARGIN = 1.1
 SPACE_SLACK = 16 << 20

@@ -19,7 +19,7 @@ batch and reports real tokens/s per GPU against 1 GPU; `none:unbalanced` is `non
 `--peers unsloth` instead runs each of --peer_configs (e.g. bf16:qv:16, 4bit:all:16:ckpt) three ways on exactly
 the same micro-batches, each in its own process: this project's model path in a plain loop (`ours`),
 finetune.py itself (its Trainer), and unsloth's FastLanguageModel in the same plain loop; it reports real
-tokens/s, peak memory, the first micro-batch's loss and the ratios to unsloth (alpaca_cot/peers.py).
+tokens/s, peak memory, the first micro-batch's loss and the ratios to unsloth (alpaca_cot/bench/peers.py).
 `python scripts/benchmark.py data_path --data D --model M` measures the CPU data path alone.
 Prints a table and writes the figures, card, versions and date as JSON.
 """
@@ -33,13 +33,15 @@ import sys
 import time
 from pathlib import Path
 
-from alpaca_cot import ROOT, cot, io, outputs
+from alpaca_cot import ROOT, io, outputs
+
+from alpaca_cot.data import cot
 from alpaca_cot.cli import UserError, as_list, lazy_import, run
-from alpaca_cot.peers import run_system  # noqa: F401  (a subcommand: one system of --peers)
+from alpaca_cot.bench.peers import run_system  # noqa: F401  (a subcommand: one system of --peers)
 
 # Imported on first use: the flags are checked before torch's seconds of importing.
 torch = lazy_import("torch")
-throughput = lazy_import("alpaca_cot.throughput")
+throughput = lazy_import("alpaca_cot.train.throughput")
 
 LORA_FLOPS_PER_TOKEN_PER_PARAM = 4  # forward 2N + input gradients 2N; frozen weights get no gradient
 
@@ -74,8 +76,8 @@ def finetune_command(recipe: str, model: Path, data: Path, run_dir: Path, max_st
 
     batch_size: records per optimizer step over all GPUs; one micro-batch by default.
     """
-    from alpaca_cot import kernels
-    from alpaca_cot.recipes import default_micro_batch_size
+    from alpaca_cot.model import kernels
+    from alpaca_cot.train.recipes import default_micro_batch_size
 
     quantization, *options = recipe.split(":")  # e.g. 4bit:8:nockpt = micro-batch 8, no checkpointing
     args = [sys.executable, "finetune.py", "--base_model", str(model), "--data", str(data),
@@ -124,10 +126,12 @@ def legacy_2023(model: str, data: str, steps: int = 12, out: str = "legacy.json"
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, DataCollatorForLanguageModeling, Trainer
 
-    from alpaca_cot import data as registry, models
-    from alpaca_cot.preprocess import Prompter, encode_batch
-    from alpaca_cot.throughput import CountingCollator, throughput_callback
-    from alpaca_cot.trainer import _training_args
+    from alpaca_cot.data import loader as registry
+
+    from alpaca_cot.model import models
+    from alpaca_cot.data.preprocess import Prompter, encode_batch
+    from alpaca_cot.train.throughput import CountingCollator, throughput_callback
+    from alpaca_cot.train.trainer import _training_args
 
     tokenizer = models.load_tokenizer(model)
     dataset = Dataset.from_dict(registry.load(data)).shuffle(seed=0).select(range(steps * 4 + 64))
@@ -185,7 +189,7 @@ def generation(model: str, adapter: str, quantization: str = "none", out: str = 
         new_tokens: tokens generated per prompt.
         variants: comma-separated GEN_VARIANTS names.
     """
-    from alpaca_cot.generation import Generator
+    from alpaca_cot.infer.generation import Generator
 
     results = {}
     for variant in names(variants):
@@ -228,8 +232,10 @@ def data_path(data: str, model: str, records: int = 600_000, legacy_records: int
     """
     from datasets import Dataset
 
-    from alpaca_cot import data as registry, models
-    from alpaca_cot.preprocess import Prompter, encode_batch
+    from alpaca_cot.data import loader as registry
+
+    from alpaca_cot.model import models
+    from alpaca_cot.data.preprocess import Prompter, encode_batch
 
     tokenizer, prompter = models.load_tokenizer(model), Prompter("alpaca")
     columns = registry.load(data, skip_bad_records=True)
@@ -260,7 +266,7 @@ def data_path(data: str, model: str, records: int = 600_000, legacy_records: int
 
 def setup(shape: str, shared: Path, work: Path, memory_cap_gib: float):
     """The report's header (card, versions, date, matmul peak), the random-init model, the data, FLOPs per token."""
-    from alpaca_cot import tiny
+    from alpaca_cot.model import tiny
 
     work.mkdir(parents=True, exist_ok=True)
     import peft
@@ -332,7 +338,7 @@ def main(shape: str = "7b", recipes: str = "legacy,8bit,4bit,4bit:nockpt,none", 
     if out:  # the output rule (alpaca_cot/outputs.py), before the hours of work
         outputs.check_outputs([outputs.Output(out, "--out", "json", 1 << 20)], (), overwrite)
     if peers is not None:
-        from alpaca_cot import peers as peer_lib
+        from alpaca_cot.bench import peers as peer_lib
 
         if peers != "unsloth":
             raise UserError(f"--peers {peers!r}: the peer measured is unsloth")
@@ -526,7 +532,7 @@ def print_scaling(report):
 
 def compare_peers(report, configs, model, data, work, steps, peers_site, out, systems):
     """Each config: the micro-batches saved once, then ours, finetune.py and unsloth, each in its own process."""
-    from alpaca_cot import peers as peer_lib
+    from alpaca_cot.bench import peers as peer_lib
 
     rows, runs = {}, {}
     for spec, config in configs:

@@ -11,15 +11,17 @@ the `num_items_in_batch` normalisation the Trainer uses under gradient accumulat
 
 import tempfile
 
-from alpaca_cot import data, tiny
+from alpaca_cot.data import loader
+
+from alpaca_cot.model import tiny
 from alpaca_cot.cli import UserError, lazy_import, run
-from alpaca_cot.preprocess import Prompter, encode_batch
+from alpaca_cot.data.preprocess import Prompter, encode_batch
 
 # Imported on first use: the flags are checked before torch's seconds of importing.
 torch = lazy_import("torch")
-kernels = lazy_import("alpaca_cot.kernels")
-models = lazy_import("alpaca_cot.models")
-throughput = lazy_import("alpaca_cot.throughput")
+kernels = lazy_import("alpaca_cot.model.kernels")
+models = lazy_import("alpaca_cot.model.models")
+throughput = lazy_import("alpaca_cot.train.throughput")
 
 
 def loss_and_grads(model_dir, batch, fused: bool, num_items=None):
@@ -63,7 +65,7 @@ def main(records: int = 8, cutoff_len: int = 256, tolerance: float = 1e-4):
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(tiny.build(tmp, hidden_size=128))
         tokenizer = models.load_tokenizer(model_dir)
-        columns = data.load("demo")
+        columns = loader.load("demo")
         batch = {k: v[:records] for k, v in columns.items()}
         enc = encode_batch(batch, tokenizer, Prompter(), cutoff_len)
         collated = throughput.CountingCollator(tokenizer)([{"input_ids": i, "labels": l}

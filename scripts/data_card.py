@@ -10,7 +10,7 @@ token lengths (p50 / p90 / max, BOS and EOS included, as scripts/data_stats.py c
 from pathlib import Path
 
 from alpaca_cot import DATA_DIR
-from alpaca_cot.catalog import load_catalog
+from alpaca_cot.data.catalog import load_catalog
 from alpaca_cot.cli import run
 
 
@@ -32,15 +32,15 @@ def source_text(entry: dict) -> str:
 
 def measured(path: Path, tokenizer, prompter) -> str:
     """p50 / p90 / max tokens of a downloaded file, or an empty cell."""
-    from alpaca_cot import data
-    from alpaca_cot.stats import length_stats
+    from alpaca_cot.data import loader
+    from alpaca_cot.data.stats import length_stats
 
     if tokenizer is None or not path.is_file():
         return ""
-    records, _ = data.load_file(path, skip_bad_records=True)
+    records, _ = loader.load_file(path, skip_bad_records=True)
     if not records:
         return ""
-    total = length_stats(data.to_columns([(path, records)]), tokenizer, prompter, cutoff_len=512)["total"]
+    total = length_stats(loader.to_columns([(path, records)]), tokenizer, prompter, cutoff_len=512)["total"]
     return f"{total['records']:,} in file; {total['p50']} / {total['p90']} / {total['max']}"
 
 
@@ -68,15 +68,16 @@ def main(base_model=None, out=None, prompt_template_name="alpaca", overwrite=Fal
         prompt_template_name: the template the token lengths are measured under (alpaca).
         overwrite: replace an existing --out file (a text file only).
     """
-    from alpaca_cot import catalog, outputs
+    from alpaca_cot.data import catalog
+    from alpaca_cot import outputs
 
     if out is not None:  # the output rule (alpaca_cot/outputs.py): not the catalogue, --overwrite to replace
         outputs.check_outputs([outputs.Output(out, "--out", "text", 1 << 20)], [("the catalogue", catalog.CATALOG_PATH)],
                          overwrite)
     tokenizer = prompter = None
     if base_model is not None:
-        from alpaca_cot import models
-        from alpaca_cot.preprocess import Prompter
+        from alpaca_cot.model import models
+        from alpaca_cot.data.preprocess import Prompter
 
         prompter = Prompter(prompt_template_name)
         tokenizer = models.load_tokenizer(base_model)

@@ -13,12 +13,14 @@ over_cutoff% (records longer than --cutoff_len, which training cuts); prompt_mea
 import sys
 import time
 
-from alpaca_cot import catalog, outputs
-from alpaca_cot import data as data_registry
+from alpaca_cot.data import catalog
+
+from alpaca_cot import outputs
+from alpaca_cot.data import loader as data_registry
 from alpaca_cot.cli import UserError, run
 from alpaca_cot.io import write_json_atomic
-from alpaca_cot.preprocess import Prompter
-from alpaca_cot.stats import length_stats
+from alpaca_cot.data.preprocess import Prompter
+from alpaca_cot.data.stats import length_stats
 
 # The --json file: a few hundred bytes a source.
 JSON_BYTES = 1 << 20
@@ -48,7 +50,7 @@ def main(data="cot", base_model=None, size=7, cutoff_len=512, prompt_template_na
         num_proc: processes that tokenise (default: one).
         overwrite: replace an existing --json file (a JSON file only).
     """
-    from alpaca_cot import models
+    from alpaca_cot.model import models
 
     start = time.perf_counter()
     if not isinstance(cutoff_len, int) or isinstance(cutoff_len, bool) or cutoff_len <= 0:

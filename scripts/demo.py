@@ -25,7 +25,7 @@ QUESTIONS = (
 
 
 def answers(base: str, adapter, max_new_tokens: int) -> list[str]:
-    from alpaca_cot.generation import Generator, decoding_kwargs
+    from alpaca_cot.infer.generation import Generator, decoding_kwargs
 
     generator = Generator(base, adapter)
     prompts = [generator.prompt(q, "", cot) for q, cot in QUESTIONS]
@@ -55,9 +55,9 @@ def main(base_model: str = "smollm2-135m", output_dir: str = None, num_epochs: f
     """
     import torch
 
-    from alpaca_cot import models
-    from alpaca_cot.checkpoints import default_output_dir
-    from alpaca_cot.train import finetune
+    from alpaca_cot.model import models
+    from alpaca_cot.train.checkpoints import default_output_dir
+    from alpaca_cot.train.finetune import finetune
 
     default_dir = default_output_dir("demo", 7, base_model)
     output_dir = output_dir or default_dir

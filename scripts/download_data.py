@@ -13,10 +13,10 @@ from collections import Counter
 from pathlib import Path
 
 from alpaca_cot import DATA_DIR, hub, io, outputs
-from alpaca_cot.catalog import registry
+from alpaca_cot.data.catalog import registry
 from alpaca_cot.cli import UserError, as_list, run
-from alpaca_cot.convert import convert
-from alpaca_cot.data import _check
+from alpaca_cot.data.convert import convert
+from alpaca_cot.data.loader import _check
 from alpaca_cot.io import write_json_atomic
 
 LOAD_ARGS = {"config": "name", "split": "split", "revision": "revision", "data_files": "data_files"}

@@ -7,13 +7,15 @@
         --lm_eval gsm8k,mmlu,ceval-valid,cmmlu                                  # lm-evaluation-harness
 
 Writes predictions.jsonl (prompt, output, extracted answer, gold, correct, per record), summary.json
-and summary.md into --out. Decoding is greedy. The scoring rules are in alpaca_cot/scoring.py.
+and summary.md into --out. Decoding is greedy. The scoring rules are in alpaca_cot/eval/scoring.py.
 """
 
 import json
 from pathlib import Path
 
-from alpaca_cot import evaluation, outputs
+from alpaca_cot.eval import evaluation
+
+from alpaca_cot import outputs
 from alpaca_cot.cli import UserError, run
 
 # What --out receives (alpaca_cot/outputs.py's output rule: an existing one is replaced with --overwrite only).
@@ -69,7 +71,8 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, cot_
         raise UserError("--out is required: the folder for predictions.jsonl and summary.json")
     if lm_eval is not None and (quantization != "none" or (lm_eval_fewshot is not None and lm_eval_fewshot < 0)):
         raise UserError("--lm_eval runs the base in 16/32-bit (--quantization none) with --lm_eval_fewshot >= 0")
-    from alpaca_cot import harness, models
+    from alpaca_cot.eval import harness
+    from alpaca_cot.model import models
 
     tasks = harness.task_manager(lm_eval, lm_eval_include) if lm_eval is not None else None
 
@@ -83,7 +86,7 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, cot_
     summary = evaluation.evaluate(name, lora_weights, items, out, title, batch_size, max_new_tokens, quantization,
                                   prompt_template_name) if items else {}
     if tasks is not None:
-        from alpaca_cot.adapters import check_adapter_source, tuned_model
+        from alpaca_cot.model.adapters import check_adapter_source, tuned_model
 
         base, adapter = tuned_model(lora_weights, name)  # a fully tuned model's folder is the base
         if adapter is not None:

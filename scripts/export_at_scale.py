@@ -25,12 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from alpaca_cot import tiny
+from alpaca_cot.model import tiny
 from alpaca_cot.cli import UserError, lazy_import, run
 
 # Imported on first use: the flags are checked before torch's seconds of importing.
 torch = lazy_import("torch")
-merge = lazy_import("alpaca_cot.merge")
+merge = lazy_import("alpaca_cot.model.merge")
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = {"base", "adapter", "merged", ".base-building"}

@@ -7,7 +7,7 @@ DIR then loads with `AutoModelForCausalLM.from_pretrained(DIR)` alone (safetenso
 the tokenizer: the adapter folder's if it holds one, else the base model's). The default method,
 stream, never loads the model: it reads the base's safetensors files one tensor at a time, adds
 the adapter's update to the weights it targets and writes each file as it reads it
-(alpaca_cot/merge.py), so any size merges on the CPU in a few GB of memory. --method peft loads
+(alpaca_cot/model/merge.py), so any size merges on the CPU in a few GB of memory. --method peft loads
 the whole model (on the CPU, or over the GPUs with --device auto) and merges through peft: the
 reference, and the way for bases stored in other formats or adapters the stream refuses.
 LoRA cannot be merged into 8-bit or 4-bit weights, so the base is read unquantized. DIR follows the
@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from alpaca_cot import io, outputs
-from alpaca_cot.checks import check_device_map
+from alpaca_cot.model.checks import check_device_map
 from alpaca_cot.cli import UserError, run
 
 MARKER = ".alpaca-cot-export.json"
@@ -45,8 +45,8 @@ def check_out(out: Path, sources: list[tuple[str, Path]], overwrite: bool, size:
 
 def merged_model(base_name: str, lora_weights: Path, dtype, device: str = "cpu"):
     """Merged on the CPU by default, as alpaca-lora does: no GPU needs to hold the whole model."""
-    from alpaca_cot import models
-    from alpaca_cot.adapters import load_adapter
+    from alpaca_cot.model import models
+    from alpaca_cot.model.adapters import load_adapter
 
     model = models.load_model(base_name, "none", dtype, device_map=device)
     model = load_adapter(model, lora_weights, base_name)
@@ -55,7 +55,7 @@ def merged_model(base_name: str, lora_weights: Path, dtype, device: str = "cpu")
 
 def base_folder(name: str) -> Path:
     """The local folder of the base: itself, or the hub snapshot of its config and safetensors files."""
-    from alpaca_cot import merge
+    from alpaca_cot.model import merge
 
     if Path(name).is_dir():
         return Path(name)
@@ -96,7 +96,7 @@ def check_flags(quantization, device, dtype, method, lora_weights, out):
 def written_bytes(plan, base: Path) -> int:
     """Every byte the streaming merge writes: the tensors, each file's header (the base's, and 4 KiB for a longer
     dtype name or metadata), the index and the copied config files."""
-    from alpaca_cot import merge
+    from alpaca_cot.model import merge
 
     copied = [base / name for name in (*merge.COPIED, merge.INDEX) if (base / name).is_file()]
     return plan.out_bytes() + sum(h["start"] + 4096 for h in plan.headers.values()) + sum(
@@ -105,7 +105,7 @@ def written_bytes(plan, base: Path) -> int:
 
 def stream_writer(name: str, lora_weights: Path, dtype, tokenizer, out: Path, sources, overwrite: bool, extra: int):
     """Check everything the streaming merge needs (the room for every file included) now; write later."""
-    from alpaca_cot import merge
+    from alpaca_cot.model import merge
 
     base = base_folder(name)
     dtype = None if dtype == "auto" else dtype
@@ -152,8 +152,8 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, dtyp
     """
     import time
 
-    from alpaca_cot import models
-    from alpaca_cot.adapters import check_adapter, holds_full_model, tokenizer_source
+    from alpaca_cot.model import models
+    from alpaca_cot.model.adapters import check_adapter, holds_full_model, tokenizer_source
 
     start = time.perf_counter()
     # ---- everything checked before a model is loaded or a file written ----

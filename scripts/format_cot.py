@@ -17,7 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from alpaca_cot import DATA_DIR, cot, io, outputs
+from alpaca_cot import DATA_DIR, io, outputs
+
+from alpaca_cot.data import cot
 from alpaca_cot.cli import UserError, as_list, run
 from alpaca_cot.io import write_json_atomic, write_jsonl_atomic
 

@@ -7,7 +7,9 @@ training a small one on the demo data.
 
 from pathlib import Path
 
-from alpaca_cot import io, outputs, tiny
+from alpaca_cot import io, outputs
+
+from alpaca_cot.model import tiny
 from alpaca_cot.cli import run
 
 # A tiny model (hidden 128, 2 layers, a small tokenizer) takes a few MiB; a real tokenizer model adds its size.

@@ -16,9 +16,11 @@ import json
 import math
 from pathlib import Path
 
-from alpaca_cot import checks, tiny
+from alpaca_cot.model import checks
+
+from alpaca_cot.model import tiny
 from alpaca_cot.cli import UserError, as_list, run
-from alpaca_cot.recipes import default_gradient_checkpointing, default_micro_batch_size
+from alpaca_cot.train.recipes import default_gradient_checkpointing, default_micro_batch_size
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30
@@ -41,7 +43,7 @@ CALIBRATION = {("bf16", False, True): ("h100.json", "none", "none", 32),
                ("bf16", False, False): ("h200-unfused.json", "none", "none", 16),
                ("bf16", True, False): ("h200-unfused.json", "4bit:8:ckpt", "4bit", 8),
                ("int8", False, False): ("h200-unfused.json", "8bit", "8bit", 16)}
-# FSDP and device_map run without fused kernels (alpaca_cot/sharding.py keeps Liger off there): their speed against fused,
+# FSDP and device_map run without fused kernels (alpaca_cot/model/sharding.py keeps Liger off there): their speed against fused,
 # measured at the same micro-batch in one run.
 UNFUSED_SPEED = ("h200-fused.json", "none:unfused", "none:fused")
 MEASURED = {"h100.json": ("7b", ("none", "4bit", "8bit"))}  # default-recipe 1-GPU cells in the benchmark files

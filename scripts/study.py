@@ -1,13 +1,13 @@
 """Runs the Alpaca-CoT ablation study in one command and writes report.md.
 
-    python scripts/study.py --base_model smollm2-135m --out study/smollm2 \\
+    python scripts/grid.py --base_model smollm2-135m --out study/smollm2 \\
         --alpaca data/alpaca_data_cleaned.json --belle data/belle_data_cn.json --cot_src data/flan_cot \\
         [--belle_eval eval_set.json] [--seeds 1,2,3] [--workers 4]
 
 Trains alpaca, alpaca-cot, alpaca-belle and alpaca-belle-cot with the same hyperparameters, once per
 training seed, evaluates them and the untuned base on the same held-out records (drawn with
 --eval_seed), and writes report.md, summary.json, figures and per-record predictions under --out.
-Run it again to continue a study that was stopped: finished cells are skipped. See alpaca_cot/study.py.
+Run it again to continue a study that was stopped: finished cells are skipped. See alpaca_cot/study/grid.py.
 """
 
 import json
@@ -15,12 +15,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from alpaca_cot import DATA_DIR, catalog, outputs, report, study, study_cells
+from alpaca_cot import DATA_DIR, outputs
+
+from alpaca_cot.data import catalog
+
+from alpaca_cot.study import report, grid, runner
 from alpaca_cot.cli import UserError, as_list, run
 from alpaca_cot.io import write_json_atomic
 
 
-# How a study was run, not what it measures: continuing with other values is the same study.
+# How a study was run, not what it measures: continuing with other values is the same grid.
 RUN_ONLY = ("command", "workers")
 
 
@@ -40,7 +44,7 @@ def check_config(out: Path, config: dict) -> bool:
 def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str = None, belle: str = None,
          cot_src: str = None, belle_eval: str = None, records_per_source: int = 600, cot_eval_per_dataset: int = 200,
          chinese_eval: int = 100, belle_eval_records: int = 100, english_eval: int = 100,
-         mixes: str = ",".join(study.MIXES), num_epochs: float = 3, batch_size: int = 16, micro_batch_size: int = 16,
+         mixes: str = ",".join(grid.MIXES), num_epochs: float = 3, batch_size: int = 16, micro_batch_size: int = 16,
          learning_rate: float = 5e-4, warmup_steps: int = 10, cutoff_len: int = 512, lora_r: int = 16,
          lora_alpha: int = 32, lora_dropout: float = 0.05,
          lora_target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
@@ -81,7 +85,7 @@ def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str =
             (never evaluation rows) before every FLAN CoT question (0: zero-shot)
         workers: cells run at once, each in its own process (a GPU holds several small models); 1: in this one
     """
-    from alpaca_cot import models
+    from alpaca_cot.model import models
 
     for flag, value in (("records_per_source", records_per_source), ("cot_eval_per_dataset", cot_eval_per_dataset),
                         ("chinese_eval", chinese_eval), ("english_eval", english_eval),
@@ -96,9 +100,9 @@ def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str =
     if not seeds or len(seeds) < len(given) or len(set(seeds)) < len(seeds):
         raise UserError(f"--seeds must be distinct integers, comma-separated, got {','.join(given)}")
     mixes = as_list(mixes)
-    unknown = [m for m in mixes if any(s not in study.SOURCES for s in m.split("-"))]
+    unknown = [m for m in mixes if any(s not in grid.SOURCES for s in m.split("-"))]
     if unknown or not mixes:
-        raise UserError(f"--mixes: unknown mix {unknown or mixes}; mixes join {', '.join(study.SOURCES)} with '-'")
+        raise UserError(f"--mixes: unknown mix {unknown or mixes}; mixes join {', '.join(grid.SOURCES)} with '-'")
     sources = {"alpaca": alpaca or str(DATA_DIR / catalog.REGISTRY["alpaca"].file),
                "belle": belle or str(DATA_DIR / catalog.REGISTRY["belle"].file),
                "cot_src": cot_src or str(DATA_DIR / "flan_cot"), "belle_eval": belle_eval}
@@ -128,11 +132,11 @@ def main(base_model: str = "smollm2-135m", out: str = "study/run", alpaca: str =
     manifest_path = out / "data" / "manifest.json"
     # Prepared again unless config.json, written after the data, says the data in the folder is this study's.
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() and not new else \
-        study.prepare(out, sources, config)
+        grid.prepare(out, sources, config)
     if new:
         write_json_atomic(config, out / "config.json")
     print(f"data: {json.dumps(manifest, ensure_ascii=False)}")
-    study_cells.run_cells(out, base_path, config, workers)
+    runner.run_cells(out, base_path, config, workers)
     report.write_report(out, config, manifest)
     print(f"wrote {out / 'report.md'}")
 

@@ -2,7 +2,7 @@
 
     python scripts/validate_scoring.py [--folder study/scoring-validation] [--show]
 
-Prints, per batch of the sample and overall, the share of outputs where alpaca_cot/reading.py reads the
+Prints, per batch of the sample and overall, the share of outputs where alpaca_cot/eval/reading.py reads the
 answer the readers read (their adjudicated reading) and the share where the two readers agreed with each
 other; --show lists every output the scorer reads otherwise.
 """
@@ -19,7 +19,7 @@ def main(folder: str = "study/scoring-validation", show: bool = False):
         folder: the folder holding sample.jsonl and labels.jsonl
         show: also print every output the scorer reads otherwise than the readers did
     """
-    from alpaca_cot import validation
+    from alpaca_cot.eval import validation
 
     folder = Path(folder)
     for name in ("sample.jsonl", "labels.jsonl"):

@@ -33,7 +33,7 @@ def small_run(base, data, out, **overrides):
                  micro_batch_size=4, max_steps=30, learning_rate=5e-3, cutoff_len=256, val_set_size=0,
                  warmup_steps=2, save_steps=1000, logging_steps=5, report_to="none", lora_target_modules=ALL_LINEAR)
     flags.update(overrides)
-    from alpaca_cot.train import finetune
+    from alpaca_cot.train.finetune import finetune
 
     return finetune(**flags)
 
@@ -41,7 +41,7 @@ def small_run(base, data, out, **overrides):
 def mean_loss(model, tokenizer, records):
     import torch
 
-    from alpaca_cot.preprocess import Prompter, encode_batch
+    from alpaca_cot.data.preprocess import Prompter, encode_batch
 
     batch = {k: [r[k] for r in records] for k in ("instruction", "input", "output")}
     enc = encode_batch(batch, tokenizer, Prompter("alpaca"), cutoff_len=256)
@@ -235,14 +235,14 @@ def llama_tokenizer_model(shared_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, llama_tokenizer_model) -> Path:
     """A 2-layer LLaMA with the real 32000-piece LLaMA tokenizer."""
-    from alpaca_cot import tiny
+    from alpaca_cot.model import tiny
 
     return tiny.build(tmp_path_factory.mktemp("tiny-llama"), tokenizer_model=llama_tokenizer_model, hidden_size=64)
 
 
 @pytest.fixture(scope="session")
 def llama_tokenizer(tiny_llama):
-    from alpaca_cot import models
+    from alpaca_cot.model import models
 
     return models.load_tokenizer(str(tiny_llama))
 
@@ -250,7 +250,7 @@ def llama_tokenizer(tiny_llama):
 @pytest.fixture(scope="session")
 def train_file(tmp_path_factory, shared_dir):
     """160 alpaca records + 160 formatted FLAN CoT rows (creak and gsm8k), as one JSON list."""
-    from alpaca_cot import cot
+    from alpaca_cot.data import cot
 
     alpaca = json.loads((shared_dir / "data" / "alpaca_cleaned.sample.json").read_text(encoding="utf-8"))
     alpaca = [r for r in alpaca if r["output"].strip()][:160]

@@ -28,7 +28,7 @@ def patch(owner, name, when):
 def install(point: str):
     from transformers import Trainer
 
-    from alpaca_cot import adapters
+    from alpaca_cot.model import adapters
 
     kind, _, n = point.partition(":")
     if kind == "step":
@@ -49,6 +49,6 @@ def install(point: str):
 if __name__ == "__main__":
     install(os.environ["KILL_AT"])
     from alpaca_cot.cli import run
-    from alpaca_cot.train import finetune
+    from alpaca_cot.train.finetune import finetune
 
     run(finetune)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_cot.checks import check_finetune_flags
+from alpaca_cot.model.checks import check_finetune_flags
 from alpaca_cot.cli import UserError, arg_descriptions, parse_argv, signature_only
 from conftest import ROOT, one_error_line, run_python
 
@@ -163,7 +163,7 @@ def test_generate_decoding_ranges_fail_before_loading(args, message, tmp_path):
 
 
 def finetune_defaults() -> dict:
-    from alpaca_cot.train import finetune
+    from alpaca_cot.train.finetune import finetune
 
     return {name: p.default for name, p in inspect.signature(finetune).parameters.items()}
 
@@ -180,7 +180,7 @@ def test_range_checks_accept_the_defaults_and_their_edges():
 # ---- accepted syntax ----
 
 def test_fire_syntax_is_accepted():
-    from alpaca_cot.train import finetune
+    from alpaca_cot.train.finetune import finetune
 
     got = parse_argv(finetune, ["--micro-batch-size", "4", "--local-rank=3", "--nopacking", "--train_on_inputs",
                                 "--learning_rate=1e-4", "--lora_target_modules", "q_proj,k_proj",

@@ -17,7 +17,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from alpaca_cot import adapters, catalog, io, outputs
+from alpaca_cot.model import adapters
+
+from alpaca_cot.data import catalog
+
+from alpaca_cot import io, outputs
 from alpaca_cot.cli import UserError
 from alpaca_cot.outputs import Output, check_outputs
 from conftest import ROOT, error_lines, run_cli
@@ -102,7 +106,7 @@ def adapter(tmp_path_factory, tiny_llama) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from alpaca_cot import models
+    from alpaca_cot.model import models
 
     folder = tmp_path_factory.mktemp("outputs-adapter") / "adapter"
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_llama)),
@@ -294,7 +298,7 @@ def test_finetune_full_disk(tiny_llama, data_file, tmp_path, monkeypatch, capsys
     import peft
     import torch
 
-    from alpaca_cot.train import finetune
+    from alpaca_cot.train.finetune import finetune
 
     out = tmp_path / "out"
     args = ["--base_model", tiny_llama, "--data", data_file, "--output_dir", out, "--quantization", "none",
@@ -317,7 +321,7 @@ def test_finetune_full_disk(tiny_llama, data_file, tmp_path, monkeypatch, capsys
 
 
 def test_generate_overwrite_on_a_full_disk(tiny_llama, adapter, tmp_path, monkeypatch, capsys):
-    from alpaca_cot import models
+    from alpaca_cot.model import models
 
     questions, answers = tmp_path / "q.jsonl", tmp_path / "a.jsonl"
     questions.write_text('{"instruction": "Hi"}\n')
@@ -348,7 +352,7 @@ def test_format_cot_full_disk(shared_dir, tmp_path, monkeypatch, capsys):
 
 
 def test_export_counts_every_file_and_a_full_disk_is_one_line(tiny_llama, adapter, tmp_path, monkeypatch, capsys):
-    from alpaca_cot import merge
+    from alpaca_cot.model import merge
 
     export, out = script("export_hf_checkpoint"), tmp_path / "merged"
     tensors = merge.plan(tiny_llama, merge.load_adapter(adapter), None, "adapter").out_bytes()
@@ -416,7 +420,7 @@ def test_evaluate_predictions_with_bad_fields_name_file_record_and_field(row, wo
 
 
 def test_format_cot_on_an_unreadable_tsv(shared_dir, tmp_path, monkeypatch, capsys):
-    from alpaca_cot import cot
+    from alpaca_cot.data import cot
 
     src = tsv_dir(tmp_path, shared_dir)
 
@@ -440,7 +444,7 @@ def test_a_prompt_template_is_a_name_not_a_path(tiny_llama, data_file, monkeypat
 
 
 def test_a_pickled_adapter_is_refused(adapter, tmp_path, monkeypatch):
-    from alpaca_cot import models
+    from alpaca_cot.model import models
 
     folder = tmp_path / "pickled"
     folder.mkdir()
@@ -455,7 +459,7 @@ def test_a_pickled_adapter_is_refused(adapter, tmp_path, monkeypatch):
 # ---- nothing silent ----
 
 def test_max_steps_zero_is_refused(tiny_llama, data_file, tmp_path, monkeypatch, capsys):
-    from alpaca_cot.train import finetune
+    from alpaca_cot.train.finetune import finetune
 
     for steps in ("0", "-2"):
         code, err = run_cli(finetune, ["--base_model", tiny_llama, "--data", data_file, "--output_dir", tmp_path / "o",
@@ -464,8 +468,9 @@ def test_max_steps_zero_is_refused(tiny_llama, data_file, tmp_path, monkeypatch,
 
 
 def test_generate_input_file_renders_history_as_the_conversation_does(llama_tokenizer, tmp_path):
-    from alpaca_cot import answer, preprocess
-    from alpaca_cot.generation import with_cot
+    from alpaca_cot.infer import answer
+    from alpaca_cot.data import preprocess
+    from alpaca_cot.infer.generation import with_cot
 
     prompter = preprocess.Prompter("alpaca")
     seen = []
@@ -512,7 +517,7 @@ def test_generate_and_finetune_clear_what_killed_saves_left(tiny_llama, adapter,
     assert not leftover.exists() and (tmp_path / "q.answers.jsonl").is_file()
     assert sorted(p.name for p in folder.glob(".saving-*")) == [f".saving-{os.getpid()}-l1v3"]
     (folder / f".run.json.{dead}.tmp").write_text("half")
-    from alpaca_cot import checkpoints
+    from alpaca_cot.train import checkpoints
 
     checkpoints.claim(folder, {}, checkpoints.Plan())
     assert not list(folder.glob(".*"))  # finetune drops every staging folder of its own folder
@@ -535,7 +540,7 @@ def test_download_fails_fast_suggesting_offline_mode(tmp_path, monkeypatch, caps
 
 
 def test_the_demo_adapter_is_where_generate_looks(monkeypatch):
-    from alpaca_cot.checkpoints import default_output_dir
+    from alpaca_cot.train.checkpoints import default_output_dir
 
     demo = script("demo")
     where = default_output_dir("demo", 7, "smollm2-135m")  # generate.py --base_model smollm2-135m --data demo

@@ -1,0 +1,3 @@
+"""The evaluation stage: held-out sets answered and scored (evaluation, predictions), FLAN CoT answers read
+as a person would (reading) and validated against readers (validation), the other scores (scoring), chance
+baselines (chance), and standard benchmarks through lm-evaluation-harness (harness)."""
