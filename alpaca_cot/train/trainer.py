@@ -14,7 +14,9 @@ from alpaca_cot.train.throughput import CountingCollator, throughput_callback
 
 
 def _training_args(**kwargs):
-    """TrainingArguments across transformers 5.x: group_by_length became train_sampling_strategy."""
+    """TrainingArguments across transformers 5.x: group_by_length became train_sampling_strategy. A keyword
+    this transformers does not take raises: dropping it would change the run without a word."""
+    import transformers
     from transformers import TrainingArguments
 
     params = inspect.signature(TrainingArguments.__init__).parameters
@@ -23,7 +25,10 @@ def _training_args(**kwargs):
         kwargs["train_sampling_strategy"] = "group_by_length" if group else "random"
     else:
         kwargs["group_by_length"] = group
-    return TrainingArguments(**{k: v for k, v in kwargs.items() if k in params})
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise TypeError(f"TrainingArguments of transformers {transformers.__version__} take no {', '.join(unknown)}")
+    return TrainingArguments(**kwargs)
 
 
 def _report_to(report_to):

@@ -237,8 +237,8 @@ def test_default_micro_batch_follows_the_measured_memory():
 
 
 def test_overlap_settings_are_training_arguments_of_this_transformers(tmp_path):
-    """_training_args drops names this transformers lacks, so a renamed setting would vanish silently:
-    every --overlap_steps setting must be a TrainingArguments parameter and reach the accelerator's config."""
+    """Every --overlap_steps setting is a TrainingArguments parameter and reaches the accelerator's config; a
+    name this transformers lacks raises rather than vanishing silently."""
     import inspect
 
     from transformers import TrainingArguments
@@ -250,6 +250,8 @@ def test_overlap_settings_are_training_arguments_of_this_transformers(tmp_path):
                           **OVERLAP_STEPS)
     assert args.accelerator_config.non_blocking  # pinned memory: on a GPU only
     assert not args.logging_nan_inf_filter
+    with pytest.raises(TypeError, match="take no dataloader_pin_memmory"):
+        _training_args(output_dir=str(tmp_path), use_cpu=True, group_by_length=False, dataloader_pin_memmory=True)
 
 
 def test_speed_warm_up_is_counted_in_micro_batches_per_process():
