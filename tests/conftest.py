@@ -151,6 +151,21 @@ class Zygote:
         return subprocess.CompletedProcess([sys.executable, *args], code, out, err)
 
 
+def load_script(path):
+    """A script of this checkout (scripts/x.py) imported as a module, without running its command line."""
+    import importlib.util
+
+    path = ROOT / path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_export_script():
+    return load_script("scripts/export_hf_checkpoint.py")
+
+
 def run_cli(fn, argv, monkeypatch, capsys) -> tuple[int, str]:
     """fn as its script runs it, in this process (cli.run: flags checked, UserError -> one line): exit code, stderr."""
     from alpaca_cot import cli

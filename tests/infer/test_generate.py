@@ -22,7 +22,7 @@ from alpaca_cot.infer import answer as answering
 from alpaca_cot.cli import UserError
 from alpaca_cot.infer.generation import COT_TRIGGER, Generator, decoding_kwargs, with_cot
 from alpaca_cot.train.finetune import finetune
-from conftest import ALL_LINEAR, ROOT, logits, only_error, run_python
+from conftest import ALL_LINEAR, ROOT, load_export_script, logits, only_error, run_python
 
 GREEDY = decoding_kwargs(max_new_tokens=8)
 SAMPLING = decoding_kwargs(max_new_tokens=8, temperature=0.8, top_p=0.9)
@@ -293,13 +293,6 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(case, tiny_llama, adapte
 
 
 # ---- export ----
-
-def load_export_script():
-    spec = importlib.util.spec_from_file_location("export_hf_checkpoint", ROOT / "scripts" / "export_hf_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def run_export(tiny_llama, adapter, out, *args):
     return run_script("scripts/export_hf_checkpoint.py", "--base_model", tiny_llama, "--lora_weights", adapter,

@@ -12,7 +12,7 @@ import torch
 
 from alpaca_cot.model import merge
 from alpaca_cot.cli import UserError
-from test_generate import load_export_script
+from conftest import load_export_script
 
 QV = ["q_proj", "v_proj"]
 

@@ -10,7 +10,7 @@ import torch
 from alpaca_cot.cli import UserError
 from alpaca_cot.train.finetune import finetune
 from conftest import logits, small_run
-from test_generate import load_export_script
+from conftest import load_export_script
 
 
 def reloaded(base, adapter):

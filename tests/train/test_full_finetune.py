@@ -9,7 +9,7 @@ import torch
 from alpaca_cot.cli import UserError
 from alpaca_cot.train.finetune import finetune
 from conftest import logits, small_run
-from test_generate import load_export_script
+from conftest import load_export_script
 
 FULL = dict(method="full", lora_target_modules=None, learning_rate=1e-3, max_steps=4, batch_size=4, micro_batch_size=2)
 
