@@ -6,4 +6,5 @@ All flags: `python finetune.py --help`. The work happens in alpaca_cot/train/fin
 from alpaca_cot.cli import run
 
 if __name__ == "__main__":
-    run("alpaca_cot.train.finetune:finetune")  # a string: the flags are checked before torch is imported
+    run("alpaca_cot.train.finetune:finetune", flags="alpaca_cot.train.config:FinetuneConfig")  # strings: the flags
+    # are checked against the config before torch is imported

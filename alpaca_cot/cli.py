@@ -16,6 +16,9 @@ default: a bool takes True or False, an int an integer, a float a number, and No
 where it is the default. Parameters without a default take the positional arguments, in order
 (`download_data.py alpaca`), or flags like the others.
 
+Every script also takes `--config FILE` (YAML or JSON: a mapping of flag names to values, typed as
+the flags are); flags on the command line override the file.
+
 The entry function's docstring describes every parameter in a Google-style `Args:` section;
 `--help` shows the descriptions and tests/test_cli.py fails if a parameter has none:
 
@@ -68,14 +71,15 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def run(entry):
+def run(entry, flags: str | None = None):
     """Check the command line against the entry function, then call it.
 
     entry is a function, or "package.module:function" to check the flags before that module's
-    imports (torch, for one) are paid for.
+    imports (torch, for one) are paid for. flags, "package.module:Class", names a config dataclass
+    (alpaca_cot/config.py) whose fields are the flags, when the entry takes its flags from one.
     """
     argv = sys.argv[1:]
-    shape = entry if callable(entry) else signature_only(*entry.split(":"))
+    shape = _shape(entry, flags)
     if "--help" in argv or "-h" in argv:
         try:
             print(usage(shape), flush=True)
@@ -83,11 +87,41 @@ def run(entry):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     try:
+        argv, config_file = _config_flag(argv) if "config" not in _flags(shape) else (argv, None)
         kwargs = parse_argv(shape, argv)
-        fn = entry if callable(entry) else getattr(importlib.import_module(entry.split(":")[0]), shape.__name__)
+        if config_file is not None:
+            from .config import read_config_file
+
+            kwargs = {**read_config_file(config_file, shape), **kwargs}  # the command line wins
+        fn = entry if callable(entry) else getattr(importlib.import_module(entry.split(":")[0]), entry.split(":")[1])
         exit_on_interrupt(fn)(**kwargs)  # whatever fn returns is for Python callers, not for the command line
     except UserError as e:
         fail(str(e))
+
+
+def _shape(entry, flags):
+    """What the command line is checked against: the entry's signature, or its config dataclass's fields."""
+    if flags is not None:
+        from .config import entry as config_entry
+
+        module, name = flags.split(":")
+        return config_entry(getattr(importlib.import_module(module), name))
+    return entry if callable(entry) else signature_only(*entry.split(":"))
+
+
+CONFIG_HELP = "a YAML or JSON file of flag values (name: value); flags given on the command line override it"
+
+
+def _config_flag(argv: list[str]) -> tuple[list[str], str | None]:
+    """argv without `--config FILE` (or `--config=FILE`), and FILE."""
+    for i, token in enumerate(argv):
+        if token == "--config" or token.startswith("--config="):
+            if "=" in token:
+                return argv[:i] + argv[i + 1:], token.partition("=")[2]
+            if i + 1 == len(argv) or _is_flag(argv[i + 1]):
+                raise UserError("--config takes a file: --config run.yaml")
+            return argv[:i] + argv[i + 2:], argv[i + 1]
+    return argv, None
 
 
 class lazy_import:  # noqa: N801 (used like a function: torch = lazy_import("torch"))
@@ -120,15 +154,20 @@ def as_list(value) -> list[str]:
     return [str(i).strip().strip("'\"").strip() for i in items if str(i).strip().strip("'\"").strip()]
 
 
+def _function_node(module: str, name: str) -> ast.FunctionDef:
+    """module.name's def, read from the module's source without importing it."""
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8"))
+    return next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
 def signature_only(module: str, name: str):
     """A function with the signature and docstring of module.name, without importing module.
 
     The def is compiled alone, body dropped. A decorated function, or one whose defaults or
     annotations need the module's names, is imported after all.
     """
+    node = _function_node(module, name)
     path = importlib.util.find_spec(module).origin
-    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
-    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
     if node.decorator_list:
         return getattr(importlib.import_module(module), name)
     node.body = [ast.Expr(ast.Constant(ast.get_docstring(node, clean=False)))]
@@ -186,14 +225,14 @@ def parse_argv(fn, argv: list[str]) -> dict:
     return kwargs
 
 
-def _expected_type(param: inspect.Parameter):
+def expected_type(param: inspect.Parameter):
     for kind in (param.annotation, type(param.default)):
         if kind in TYPE_NAMES:
             return kind
     return None
 
 
-def _fits(value, kind) -> bool:
+def fits_type(value, kind) -> bool:
     if kind is bool:
         return isinstance(value, bool)
     return isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool)
@@ -206,10 +245,10 @@ def _value(fn, param: inspect.Parameter, text: str):
         return None if text == "None" and param.default is None else text  # a path like 2024 stays text
     parse = parse_fns["named"].get(param.name) or parse_fns["default"] or fire.parser.DefaultParseValue
     value = parse(text)
-    kind = _expected_type(param)
+    kind = expected_type(param)
     if kind is None or (value is None and param.default is None):
         return value
-    if not _fits(value, kind):
+    if not fits_type(value, kind):
         raise UserError(f"--{param.name} takes {TYPE_NAMES[kind]}, got {text!r}")
     return value
 
@@ -244,7 +283,10 @@ def usage(fn) -> str:
     described = arg_descriptions(fn)
     names = {name: name if p.default is p.empty else f"--{name}={_shown(p.default)}"
              for name, p in _flags(fn).items()}
-    width = max(map(len, names.values()), default=0)
+    if "config" not in names:  # a script whose own flag is called config keeps it
+        names["config"] = "--config=None"
+        described["config"] = CONFIG_HELP
+    width = max(map(len, names.values()))
     lines = [f"  {shown:<{width}}  {described.get(name, '')}".rstrip() for name, shown in names.items()]
     doc = inspect.getdoc(sys.modules["__main__"]) or inspect.getdoc(fn) or ""
     return "\n".join([doc, "", "arguments (flags with their defaults):", *lines])

@@ -6,6 +6,7 @@ Entry points are found by scanning finetune.py, generate.py and scripts/*.py for
 """
 
 import functools
+from dataclasses import fields
 import importlib.util
 import inspect
 import os
@@ -16,14 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_cot.model.checks import check_finetune_flags
-from alpaca_cot.cli import UserError, arg_descriptions, parse_argv, signature_only
+from alpaca_cot.train.finetune import check_finetune_flags
+from alpaca_cot.cli import UserError, _shape as cli_shape, arg_descriptions, parse_argv, signature_only
 from conftest import ROOT, one_error_line, run_python
 
 SCRIPTS = [ROOT / "finetune.py", ROOT / "generate.py", *sorted((ROOT / "scripts").glob("*.py"))]
 # (script, "name") for run(name); (script, "module:name") for run("module:name")
-ENTRIES = [(script, name) for script in SCRIPTS
-           for name in re.findall(r"""\brun\(["']?([\w.]+:\w+|\w+)["']?\)""", script.read_text())]
+CALLS = [(script, name, flags) for script in SCRIPTS for name, flags in
+         re.findall(r"""\brun\(["']?([\w.]+:\w+|\w+)["']?(?:, flags=["']([\w.]+:\w+)["'])?\)""", script.read_text())]
+ENTRIES = [(script, name) for script, name, _ in CALLS]
+# entry -> the config dataclass ("module:Class") whose fields are its flags (alpaca_cot/config.py), if any
+CONFIGS = {(script, name): flags for script, name, flags in CALLS if flags}
 # Flags that name something to write: pointed into the test's empty folder, which must stay empty.
 OUTPUT_FLAGS = ("out", "output_dir", "output_file", "json", "work_dir", "per_dataset_dir")
 
@@ -34,6 +38,9 @@ def entry_id(entry) -> str:
 
 @functools.cache
 def entry_function(script: Path, name: str):
+    """What the command line of the entry is checked against: its function, or its config's fields."""
+    if (script, name) in CONFIGS:
+        return cli_shape(name, CONFIGS[script, name])
     if ":" in name:
         module, name = name.split(":")
         return getattr(importlib.import_module(module), name)
@@ -41,6 +48,11 @@ def entry_function(script: Path, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return getattr(module, name)
+
+
+def config_class(entry):
+    module, name = CONFIGS[entry].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def parameters(entry) -> list[str]:
@@ -84,7 +96,13 @@ def test_every_parameter_is_described(entry):
 
 @pytest.mark.parametrize("entry", [e for e in ENTRIES if ":" in e[1]], ids=entry_id)
 def test_signature_read_from_the_source_is_the_real_one(entry):
-    fn, read = entry_function(*entry), signature_only(*entry[1].split(":"))
+    module, name = entry[1].split(":")
+    fn = getattr(importlib.import_module(module), name)
+    if entry in CONFIGS:  # the function's signature is its config's fields, as the command line is checked
+        assert inspect.signature(fn) == inspect.signature(entry_function(*entry))
+        assert list(inspect.signature(fn).parameters) == [f.name for f in fields(config_class(entry))]
+        return
+    read = signature_only(module, name)
     assert inspect.signature(read) == inspect.signature(fn) and read.__doc__ == fn.__doc__
 
 

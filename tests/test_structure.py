@@ -1,6 +1,7 @@
 """The code's size rules (README, developer notes): no function body over 60 lines (its docstring not
-counted) in the package, the scripts and the two CLIs, and no package module over 320 lines; the package in stage folders that import nothing upward, and the tests
-mirroring them."""
+counted) in the package, the scripts and the two CLIs; the package in stage folders that import nothing upward,
+modules cut by what they hold (the line cap only catches a module that has grown two jobs), and the tests
+mirroring the stages."""
 
 import ast
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = sorted((ROOT / "alpaca_cot").rglob("*.py"))
 CODE = [*PACKAGE, *sorted((ROOT / "scripts").glob("*.py")), ROOT / "finetune.py", ROOT / "generate.py"]
-MAX_FUNCTION, MAX_MODULE = 60, 320
+MAX_FUNCTION, MAX_MODULE = 60, 450
 # Known exceptions, in files other branches were changing when this test was written; remove each once
 # its file is trimmed (an exception that is no longer needed fails the test, so it cannot linger).
 LONG_FUNCTIONS = set()
@@ -39,7 +40,7 @@ def test_no_function_over_60_lines():
     assert LONG_FUNCTIONS - set(found) == set(), "no longer too long: remove from LONG_FUNCTIONS"
 
 
-def test_no_package_module_over_320_lines():
+def test_no_package_module_over_450_lines():
     found = {p.relative_to(ROOT).as_posix(): n for p in PACKAGE
              if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE}
     assert set(found) - LONG_MODULES == set(), f"modules over {MAX_MODULE} lines: {found}"
@@ -48,11 +49,13 @@ def test_no_package_module_over_320_lines():
 
 # The path (alpaca_cot/__init__.py): data -> prompt -> ids/labels -> model -> adapter -> generation, five modules.
 PATH = ("data.loader", "data.preprocess", "model.models", "model.adapters", "infer.generation")
-# step module -> what finetune's recipe (train/finetune.py), generation.py and generate.py call for that step
+# step module -> what finetune's recipe (train/finetune.py and the tuning methods it calls), generation.py and
+# generate.py call for that step
 STEPS = {"data.loader": {"load_mixture"}, "data.preprocess": {"Prompter", "tokenise", "encode_prompt"},
          "model.models": {"load_tokenizer", "lora_model", "load_model"},
          "model.adapters": {"save_adapter", "load_adapter"}, "infer.generation": {"Generator", "decoding_kwargs"}}
-RECIPES = (ROOT / "alpaca_cot" / "train" / "finetune.py", ROOT / "alpaca_cot" / "infer" / "generation.py",
+RECIPES = (ROOT / "alpaca_cot" / "train" / "finetune.py", ROOT / "alpaca_cot" / "model" / "methods.py",
+           ROOT / "alpaca_cot" / "infer" / "generation.py",
            ROOT / "generate.py")
 # The stage folders and what each may import besides the house modules at the package's top (cli, io, outputs,
 # hub), which import no stage: nothing upward, and inference and evaluation import no training code.

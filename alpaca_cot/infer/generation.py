@@ -12,7 +12,8 @@ import torch
 
 from alpaca_cot.model import models
 from alpaca_cot.model.adapters import check_adapter_source, load_adapter, tokenizer_source, tuned_model
-from alpaca_cot.model.checks import DECODING_RULES, check_device_map, check_quantization, require
+from alpaca_cot.config import require
+from alpaca_cot.model.checks import DECODING_RULES, check_device_map, check_quantization
 from alpaca_cot.cli import UserError
 from alpaca_cot.data.preprocess import Prompter, encode_prompt
 

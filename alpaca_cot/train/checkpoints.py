@@ -17,41 +17,27 @@ from alpaca_cot.cli import UserError
 from alpaca_cot import io, outputs
 from alpaca_cot.io import sha256, write_json_atomic
 from alpaca_cot.outputs import inside
+from alpaca_cot import config as config_lib
+from alpaca_cot.train.config import FinetuneConfig
 from alpaca_cot.train.resumable import run_loss
 
 RUN_FILE = "run.json"
 CHECKPOINT_PREFIX = "checkpoint-"
-# finetune flags that do not change what is trained: a run resumed with other values is the same run.
-# num_epochs and max_steps may grow on resume to extend a run.
-NOT_DEFINING = {"output_dir", "eval_steps", "save_steps", "save_total_limit", "logging_steps", "report_to",
-                "resume_from_checkpoint", "overwrite", "local_rank", "num_epochs", "max_steps",
-                "gradient_checkpointing", "fused_kernels", "attn_implementation", "world_size",
-                "gradient_accumulation_steps", "records", "files", "data", "recipe", "compile_layers",
-                "offload_activations"}
-
-
 def run_config(f, files, n_records: int) -> dict:
-    """What the run is (f: finetune's resolved flags), as logged and as recorded in the output folder."""
-    keys = ("data", "quantization", "batch_size", "micro_batch_size", "num_epochs", "max_steps", "learning_rate",
-            "cutoff_len", "val_set_size", "lora_r", "lora_alpha", "lora_dropout", "train_on_inputs",
-            "train_on_history", "dedup", "max_records_per_source", "decontaminate", "group_by_length",
-            "gradient_checkpointing", "fused_kernels", "packing", "pad_to_cutoff", "upcast_norms",
-            "attn_implementation", "resume_from_checkpoint", "warmup_steps", "skip_bad_records", "seed",
-            "compile_layers", "offload_activations")
-    return dict(base_model=f.name, recipe=f.recipe or "default", files=[str(p) for p in files],
-                output_dir=str(f.output_dir), gradient_accumulation_steps=f.accumulation, world_size=f.world,
-                lora_target_modules=f.target_modules, prompt_template=f.prompt_template_name, records=n_records,
-                **{k: getattr(f, k) for k in keys}, **({"fsdp": True} if f.fsdp else {}),
-                **({"balance_ranks": False} if not f.balance_ranks else {}),  # others' records unchanged
-                **({"chat_template_sha256": f.chat_template_sha256} if getattr(f, "chat_template_sha256", None) else {}),
-                **{k: getattr(f, k) for k, default in (("use_dora", False), ("use_rslora", False),
-                                                       ("init_lora_weights", "default"), ("method", "lora"))
-                   if getattr(f, k) != default})
+    """What the run is (f: finetune's resolved flags), as logged: every flag, resolved, and what follows from them."""
+    resolved = dict(base_model=f.name, lora_target_modules=f.target_modules, recipe=f.recipe or "default",
+                    output_dir=str(f.output_dir))
+    return {**{k: getattr(f, k) for k in vars(FinetuneConfig())}, **resolved, "files": [str(p) for p in files],
+            "gradient_accumulation_steps": f.accumulation, "world_size": f.world, "records": n_records,
+            **({"chat_template_sha256": f.chat_template_sha256} if getattr(f, "chat_template_sha256", None) else {})}
 
 
 def run_record(config: dict, files: list[Path]) -> dict:
-    """What defines a run: the training flags of config, the data files' contents, the base model's config."""
-    record = {k: v for k, v in config.items() if k not in NOT_DEFINING}
+    """What defines a run: the flags FinetuneConfig marks as defining it (resolved, as config logs them), the
+    data files' contents, the base model's config, and the chat template's hash."""
+    record = config_lib.run_defining(FinetuneConfig(**{k: config[k] for k in vars(FinetuneConfig()) if k in config}))
+    if "chat_template_sha256" in config:
+        record["chat_template_sha256"] = config["chat_template_sha256"]
     if config.get("balance_ranks") is False:  # transformers' order depends on the number of processes
         record["world_size"] = config["world_size"]
     record["data_files"] = [{"path": str(Path(p).resolve()), "bytes": Path(p).stat().st_size, "sha256": sha256(p)}

@@ -76,7 +76,7 @@ def test_finetune_profiles_its_last_steps(tmp_path, tiny_llama, train_file, caps
 def test_negative_profile_steps_is_refused():
     import inspect
 
-    from alpaca_cot.model.checks import check_finetune_flags
+    from alpaca_cot.train.finetune import check_finetune_flags
     from alpaca_cot.cli import UserError
     from alpaca_cot.train.finetune import finetune
 
