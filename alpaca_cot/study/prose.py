@@ -6,8 +6,9 @@ import json
 from alpaca_cot import ROOT
 
 from alpaca_cot.study import grid
-from alpaca_cot.eval.evaluation import percent
-from alpaca_cot.study.report import LABELS, picks
+from alpaca_cot.eval.tasks.base import percent
+from alpaca_cot.eval.tasks import TASKS
+from alpaca_cot.study.report import LABELS, METRICS, picks
 
 CAVEATS = """\
 What these numbers do and do not show:
@@ -89,8 +90,7 @@ def _comparisons(found: list[dict], family: str) -> list[str]:
 
 
 def _results(results, manifest) -> list[str]:
-    columns = ("cot", "cot_trigger", "answer_found", "flan_phrase", "finished", "chinese", "final_number", "english",
-               "rouge_l")
+    columns = [m for m, (_, score, _) in METRICS.items() if score is not None]  # every per-row measure
     lines = ["| model | " + " | ".join(LABELS[c] for c in columns) + " | CoT accuracy vs uniform chance |",
              "|---" + "|---:" * (len(columns) + 1) + "|"]
     for mix, found in results["mixes"].items():
@@ -145,7 +145,7 @@ def _side_by_side(rows, config, a, b, metric, trigger_rows=False) -> list[str]:
     by_id = {m: {(r["id"], r["cot_trigger"]): r for r in rows[m]} for m in {ma, mb}}
     chosen = picks(rows, ma, mb, "cot" if trigger_rows else metric, 1 if metric.startswith("cot") else 5,
                    config["eval_seed"], triggers=(False, True) if trigger_rows else None)
-    mark = lambda r: "" if r["task"] != "cot" else (" ✔" if r["correct"] else " ✘")
+    mark = lambda r: {None: "", True: " ✔", False: " ✘"}[TASKS[r["task"]].verdict(r)]
     if trigger_rows:
         lines = [f"| question | {ma} |", "|---|---|"]
         for i in chosen:
