@@ -2,18 +2,21 @@
 
     python scripts/evaluate.py --base_model smollm2-135m [--lora_weights saved-cot7b] --out eval/cot \\
         [--cot_eval data/CoT_data_eval.jsonl] [--chinese_eval F] [--english_eval F] [--limit 100]
+    python scripts/evaluate.py --base_model smollm2-135m --out eval/any --eval cot=F,english=G  # any registered task
     python scripts/evaluate.py --predictions eval/cot/predictions.jsonl     # re-score, no model
     python scripts/evaluate.py --base_model smollm2-135m --lora_weights saved-cot --out eval/std \\
         --lm_eval gsm8k,mmlu,ceval-valid,cmmlu                                  # lm-evaluation-harness
 
 Writes predictions.jsonl (prompt, output, extracted answer, gold, correct, per record), summary.json
-and summary.md into --out. Decoding is greedy. The scoring rules are in alpaca_cot/eval/scoring.py.
+and summary.md into --out. Decoding is greedy. The tasks (how a record is asked and scored) are the files of
+alpaca_cot/eval/tasks/; the scoring rules are in alpaca_cot/eval/scoring.py and reading.py.
 """
 
 import json
 from pathlib import Path
 
 from alpaca_cot.eval import evaluation
+from alpaca_cot.eval.tasks import TASKS, named
 
 from alpaca_cot import outputs
 from alpaca_cot.cli import UserError, run
@@ -22,8 +25,22 @@ from alpaca_cot.cli import UserError, run
 OUT_FILES = {"predictions.jsonl": "jsonl", "summary.json": "json", "summary.md": "text"}
 
 
+def eval_files(cot_eval, chinese_eval, english_eval, eval_spec) -> list[tuple[str, str, str]]:
+    """(flag, task, file) of every evaluation file asked for: the three tasks' own flags, then --eval's
+    name=FILE entries in their order; an unknown task or an entry without a file fails in one line."""
+    files = [(f"--{task}_eval", task, path) for task, path in
+             (("cot", cot_eval), ("chinese", chinese_eval), ("english", english_eval)) if path]
+    for entry in [] if eval_spec is None else eval_spec.split(","):
+        name, sep, path = entry.strip().partition("=")
+        if not (name and sep and path.strip()):
+            raise UserError(f"--eval expects name=FILE[,name=FILE...] (tasks: {', '.join(TASKS)}), got {entry!r}")
+        named(name, "--eval")
+        files.append((f"--eval {name}", name, path))
+    return files
+
+
 def main(base_model: str = None, lora_weights: str = None, out: str = None, cot_eval: str = None,
-         chinese_eval: str = None, english_eval: str = None, limit: int = None, batch_size: int = 32,
+         chinese_eval: str = None, english_eval: str = None, eval: str = None, limit: int = None, batch_size: int = 32,
          max_new_tokens: int = 256, quantization: str = "none", prompt_template_name: str = "alpaca",
          predictions: str = None, overwrite: bool = False, lm_eval: str = None, lm_eval_include: str = None,
          lm_eval_fewshot: int = None):
@@ -36,6 +53,8 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, cot_
         cot_eval: FLAN CoT held-out JSONL (format_cot.py --holdout writes one)
         chinese_eval: Chinese instructions (BELLE records, or Belle-eval question/std_answer)
         english_eval: English Alpaca records with reference outputs
+        eval: files of any registered task (alpaca_cot/eval/tasks/), comma-separated name=FILE pairs
+            (cot=F,english=G; the three flags above are cot=, chinese= and english=); an unknown name fails
         limit: use only the first N records of each file
         batch_size: prompts answered together
         max_new_tokens: the longest answer, in tokens
@@ -63,10 +82,10 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, cot_
     for flag, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("limit", limit)):
         if value is not None and value < 1:
             raise UserError(f"--{flag} must be at least 1, got {value}")
-    files = {"cot": cot_eval, "chinese": chinese_eval, "english": english_eval}
-    if not any(files.values()) and lm_eval is None:
-        raise UserError("nothing to evaluate: pass --cot_eval, --chinese_eval, --english_eval and/or --lm_eval "
-                        "(or --predictions)")
+    files = eval_files(cot_eval, chinese_eval, english_eval, eval)
+    if not files and lm_eval is None:
+        raise UserError("nothing to evaluate: pass --cot_eval, --chinese_eval, --english_eval, --eval and/or "
+                        "--lm_eval (or --predictions)")
     if out is None:
         raise UserError("--out is required: the folder for predictions.jsonl and summary.json")
     if lm_eval is not None and (quantization != "none" or (lm_eval_fewshot is not None and lm_eval_fewshot < 0)):
@@ -78,9 +97,9 @@ def main(base_model: str = None, lora_weights: str = None, out: str = None, cot_
 
     name = models.base_model_name(base_model=base_model) if base_model else models.base_model_name()
     outputs.check_outputs(outputs.files_in(out, "--out", OUT_FILES), [
-        *((f"--{task}_eval", path) for task, path in files.items()), ("--lora_weights", lora_weights),
+        *((flag, path) for flag, _, path in files), ("--lora_weights", lora_weights),
         ("--base_model", name if Path(name).exists() else None)], overwrite)
-    items = [item for task, path in files.items() if path for item in evaluation.load_items(path, task, limit)]
+    items = [item for _, task, path in files for item in evaluation.load_items(path, task, limit)]
     outputs.check_space(outputs.files_in(out, "--out", OUT_FILES, outputs.answers_bytes(items, max_new_tokens, 2)))
     title = f"{base_model or name}" + (f" + {lora_weights}" if lora_weights else "")
     summary = evaluation.evaluate(name, lora_weights, items, out, title, batch_size, max_new_tokens, quantization,

@@ -1,6 +1,6 @@
 """Runs the Alpaca-CoT ablation study in one command and writes report.md.
 
-    python scripts/grid.py --base_model smollm2-135m --out study/smollm2 \\
+    python scripts/study.py --base_model smollm2-135m --out study/smollm2 \\
         --alpaca data/alpaca_data_cleaned.json --belle data/belle_data_cn.json --cot_src data/flan_cot \\
         [--belle_eval eval_set.json] [--seeds 1,2,3] [--workers 4]
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from alpaca_cot import DATA_DIR
 from alpaca_cot.cli import UserError
+from alpaca_cot.text import normalise
 
 DATASETS = ("aqua", "creak", "ecqa", "esnli", "gsm8k", "qasc", "qed", "sensemaking", "strategyqa")
 FIELDS = ("question", "answer", "chain_of_thought")
@@ -118,8 +119,8 @@ def format_dataset(name, rows, templates, rng):
 
 def question_key(question: str) -> str:
     """What makes two questions the same for holding out: case, spacing and FLAN's literal \\n ignored (lighter
-    than dedup.normalise, which also drops punctuation; study.key shares this one to keep its draw)."""
-    return " ".join(question.replace("\\n", " ").lower().split())
+    than dedup.normalise, which also drops punctuation (alpaca_cot/text.py); grid.key shares it to keep its draw)."""
+    return normalise(question, flan_newlines=True)
 
 
 def holdout(formatted: dict, rows: dict, per_dataset: int, seed: int) -> tuple[dict, list, int]:

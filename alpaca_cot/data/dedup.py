@@ -13,11 +13,12 @@ contains a whole evaluation prompt of at least LONG characters (FLAN wraps its q
 templates), or, with near, is a near duplicate of one.
 """
 
-import unicodedata
 import zlib
 
 import numpy as np
 from tqdm import tqdm
+
+from alpaca_cot.text import normalise as normalise_text
 
 N = 5
 NEAR = 0.8
@@ -32,9 +33,7 @@ _B = _rng.integers(0, _PRIME, HASHES, dtype=np.uint64)
 
 def normalise(text: str) -> str:
     """The key for dedup and decontamination (see above); cot.question_key is the lighter one hold-outs draw by."""
-    text = unicodedata.normalize("NFKC", text).replace("\\n", " ").lower()
-    kept = "".join(c if unicodedata.category(c)[0] not in "PS" else " " for c in text)
-    return " ".join(kept.split())
+    return normalise_text(text, flan_newlines=True, punctuation="space")
 
 
 def prompt_key(record: dict) -> str:

@@ -1,12 +1,8 @@
 """Evaluation: held-out sets in, per-record predictions and a summary out.
 
-Three kinds of item, each a record of an evaluation file:
-- cot: FLAN CoT questions with a gold answer (`format_cot.py --holdout` writes them); each is asked
-  twice, without and with the CoT trigger, and scored by answer accuracy (reading.extract);
-- chinese: Chinese instructions (BELLE records, or Belle-eval's question/std_answer/class), scored by
-  the share of non-empty answers written in Chinese and, where the reference has a number, by
-  agreement of the final number;
-- english: Alpaca records, scored by the share of answers in English, their length and ROUGE-L.
+Every kind of item is a task of alpaca_cot/eval/tasks/ (cot: FLAN CoT questions asked without and with the
+CoT trigger and scored by answer accuracy; chinese and english: instructions scored by language, final
+number and ROUGE-L; one file per task). This module asks, scores and summarises them through that registry.
 Every score is computed by `score_row` from the row alone, so re-scoring a predictions file gives
 the same summary without a model.
 """
@@ -14,110 +10,47 @@ the same summary without a model.
 import json
 from pathlib import Path
 
-from alpaca_cot.eval import reading, scoring
 from alpaca_cot.cli import UserError
 from alpaca_cot.data.loader import parse
-from alpaca_cot.eval.predictions import TASKS, check_prediction
+from alpaca_cot.eval.predictions import check_prediction
+from alpaca_cot.eval.tasks import TASKS, named
 
-
-
-def _field(path, place, raw, *names) -> str:
-    for name in names:
-        value = raw.get(name)
-        if isinstance(value, str) and value.strip():
-            return value
-    raise UserError(f"{path}: {place}: field '{names[0]}' is missing or empty")
+# Every task's score fields: a row is re-scored without any it holds.
+SCORE_FIELDS = {f for task in TASKS.values() for f in task.scores}
 
 
 def load_items(path, task: str, limit: int | None = None) -> list[dict]:
-    """The evaluation records of one file as items {task, dataset, instruction, input, gold}."""
+    """The evaluation records of one file as items {task, instruction, input, dataset, gold, ...}."""
     path = Path(path)
+    kind = named(task, str(path))
     if not path.is_file():
         raise UserError(f"evaluation file {path} not found")
     items = []
     for place, raw in parse(path):
         if not isinstance(raw, dict):
             raise UserError(f"{path}: {place}: expected an object, got {type(raw).__name__}")
-        item = {"task": task, "instruction": _field(path, place, raw, "instruction", "question"),
-                "input": raw.get("input") or ""}
-        if task == "cot":
-            item["dataset"] = _field(path, place, raw, "dataset")
-            item["gold"] = _field(path, place, raw, "answer")
-            if reading.gold(item["gold"], item["dataset"], item["instruction"]) is None:
-                raise UserError(f"{path}: {place}: field 'answer' {item['gold']!r} is not a "
-                                f"{reading.KINDS.get(item['dataset'], 'number')} answer")
-        else:
-            item["dataset"] = str(raw.get("dataset") or raw.get("class") or path.stem).replace("\u00a0", " ")
-            # Open-ended Chinese items (Belle-eval's brainstorming, say) have no reference: only ROUGE needs one.
-            item["gold"] = (_field(path, place, raw, "output", "std_answer", "reference") if task == "english"
-                            else next((raw[k] for k in ("output", "std_answer", "reference")
-                                       if isinstance(raw.get(k), str)), ""))
-        items.append(item)
+        items.append(kind.item(path, place, raw))
     if not items:
         raise UserError(f"{path}: no evaluation records")
     return items[:limit] if limit else items
 
 
 def expand(items: list[dict]) -> list[dict]:
-    """CoT questions are asked without and with the CoT trigger; the rest once, without it."""
-    rows = []
-    for i, item in enumerate(items):
-        for trigger in ((False, True) if item["task"] == "cot" else (False,)):
-            rows.append(dict(item, id=f"{item['task']}-{i}", cot_trigger=trigger))
-    return rows
+    """Each item as the rows its task asks it as (CoT questions without and with the CoT trigger; the rest once)."""
+    return [row for i, item in enumerate(items) for row in TASKS[item["task"]].rows(item, i)]
 
 
 def score_row(row: dict) -> dict:
     """The row with its scores (re)computed from output and gold alone."""
-    out, task = row["output"], row["task"]
-    row = {k: v for k, v in row.items() if k not in ("extracted", "method", "correct", "chinese", "english",
-                                                       "words", "rouge_l", "final_number_match")}
-    if task == "cot":
-        got, method = reading.extract(out, row["dataset"], row["instruction"], row.get("finished", True))
-        row.update(extracted=got, method=method,
-                   correct=got is not None and got == reading.gold(row["gold"], row["dataset"], row["instruction"]))
-    elif task == "chinese":
-        want = scoring.final_number(row["gold"])
-        row.update(chinese=bool(out.strip()) and scoring.is_chinese(out),
-                   final_number_match=None if want is None else scoring.final_number(out) == want)
-    else:
-        row.update(english=scoring.is_english(out), words=len(out.split()),
-                   rouge_l=round(scoring.rouge_l(row["gold"], out), 4))
+    row = {k: v for k, v in row.items() if k not in SCORE_FIELDS}
+    row.update(TASKS[row["task"]].score(row))
     return row
 
 
-def _mean(values) -> float | None:
-    values = [float(v) for v in values if v is not None]
-    return round(sum(values) / len(values), 4) if values else None
-
-
 def summarize(rows: list[dict]) -> dict:
-    """Scores per task; CoT accuracy per dataset and overall (all questions pooled), trigger off and on."""
-    summary = {}
-    cot = [r for r in rows if r["task"] == "cot"]
-    if cot:
-        summary["cot"] = {}
-        for trigger, key in ((False, "no_trigger"), (True, "trigger")):
-            part = [r for r in cot if r["cot_trigger"] == trigger]
-            per = {d: _mean(r["correct"] for r in part if r["dataset"] == d)
-                   for d in sorted({r["dataset"] for r in part})}
-            answered = [r for r in part if r["extracted"] is not None]
-            summary["cot"][key] = {"accuracy": _mean(r["correct"] for r in part), "n": len(part),
-                                   "answer_found": _mean(r["extracted"] is not None for r in part),
-                                   "flan_phrase": _mean(r["method"] == "phrase" for r in part),
-                                   "accuracy_when_found": _mean(r["correct"] for r in answered), "per_dataset": per}
-    zh = [r for r in rows if r["task"] == "chinese"]
-    if zh:
-        with_number = [r for r in zh if r["final_number_match"] is not None]
-        summary["chinese"] = {"n": len(zh), "chinese_share": _mean(r["chinese"] for r in zh),
-                              "empty_share": _mean(not r["output"].strip() for r in zh),
-                              "final_number_n": len(with_number),
-                              "final_number_match": _mean(r["final_number_match"] for r in with_number)}
-    en = [r for r in rows if r["task"] == "english"]
-    if en:
-        summary["english"] = {"n": len(en), "english_share": _mean(r["english"] for r in en),
-                              "mean_words": _mean(r["words"] for r in en), "rouge_l": _mean(r["rouge_l"] for r in en)}
-    return summary
+    """Each task's scores, for the tasks with rows, in the registry's order."""
+    by_task = {name: [r for r in rows if r["task"] == name] for name in TASKS}
+    return {name: TASKS[name].summarize(part) for name, part in by_task.items() if part}
 
 
 def with_shots(items: list[dict], shots: dict) -> list[dict]:
@@ -126,7 +59,7 @@ def with_shots(items: list[dict], shots: dict) -> list[dict]:
     if not shots:
         return items
     blocks = {d: "\n\n".join(f"{r['instruction']}\n{r['output']}" for r in records) for d, records in shots.items()}
-    return [dict(i, context=blocks[i["dataset"]]) if i["task"] == "cot" and i["dataset"] in blocks else i
+    return [dict(i, context=blocks[i["dataset"]]) if TASKS[i["task"]].few_shot and i["dataset"] in blocks else i
             for i in items]
 
 
@@ -147,31 +80,12 @@ def generate_rows(generator, rows: list[dict], batch_size: int, decoding: dict, 
                            output_tokens=n)) for r, p, (o, f, n) in zip(rows, prompts, outputs)]
 
 
-def percent(value) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
-
-
 def markdown(summary: dict, title: str) -> str:
-    """The summary as markdown tables (percentages)."""
+    """The summary as markdown tables (percentages): each task's section, then lm-evaluation-harness's."""
     lines = [f"# {title}", ""]
-    if "cot" in summary:
-        datasets = list(summary["cot"]["no_trigger"]["per_dataset"])
-        lines += ["FLAN CoT answer accuracy (%), without / with the CoT trigger:", "",
-                  "| | " + " | ".join(datasets) + " | all |", "|---|" + "---:|" * (len(datasets) + 1)]
-        for key in ("no_trigger", "trigger"):
-            part = summary["cot"][key]
-            cells = [percent(part["per_dataset"].get(d)) for d in datasets] + [percent(part["accuracy"])]
-            lines.append(f"| {key.replace('_', ' ')} (n={part['n']}) | " + " | ".join(cells) + " |")
-        lines.append("")
-    if "chinese" in summary:
-        s = summary["chinese"]
-        lines += [f"Chinese (n={s['n']}): answers in Chinese {percent(s['chinese_share'])}%, empty "
-                  f"{percent(s['empty_share'])}%, final number agrees {percent(s['final_number_match'])}% "
-                  f"(of {s['final_number_n']} with a number)", ""]
-    if "english" in summary:
-        s = summary["english"]
-        lines += [f"English (n={s['n']}): answers in English {percent(s['english_share'])}%, "
-                  f"{s['mean_words']} words on average, ROUGE-L {percent(s['rouge_l'])}", ""]
+    for name, task in TASKS.items():
+        if name in summary:
+            lines += task.markdown(summary[name])
     if "lm_eval" in summary:
         from alpaca_cot.eval.harness import markdown as harness_markdown
 

@@ -27,6 +27,8 @@ import difflib
 import functools
 import re
 
+from alpaca_cot.text import normalise
+
 PHRASE = re.compile(r"\banswer\s*(?:is\b|:)", re.IGNORECASE)
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 KINDS = {"aqua": "letter", "qasc": "letter", "creak": "yes_no", "strategyqa": "yes_no",
@@ -83,10 +85,6 @@ def options(question: str) -> dict[str, str]:
     return found
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 @functools.lru_cache(maxsize=65536)
 def _pattern(option: str) -> re.Pattern:
     """An option's text as a whole-word pattern (compiled once: a study reads tens of thousands of outputs)."""
@@ -96,12 +94,12 @@ def _pattern(option: str) -> re.Pattern:
 def _option_hits(text: str, question: str, keyed: bool) -> list[tuple[int, str]]:
     """(position, option) of every option text in text; overlapping hits keep the longest. keyed: only the
     options whose key differs from their text (letters, sentences)."""
-    low = _norm(text)
+    low = normalise(text)
     spans = []
     for key, value in options(question).items():
         if keyed == (key == value):
             continue
-        for m in _pattern(_norm(value)).finditer(low):
+        for m in _pattern(normalise(value)).finditer(low):
             spans.append((m.start(), -len(m.group()), key))
     hits, covered = [], -1
     for start, negative_length, key in sorted(spans):
@@ -123,7 +121,7 @@ def _sentence_labels(text: str) -> list[tuple[int, str]]:
 
 def _quoted_sentence(text: str, question: str) -> list[str]:
     """The sensemaking sentences whose text the output quotes (compared without spaces and punctuation)."""
-    squash = lambda s: re.sub(r"[^0-9a-z]", "", s.lower())
+    squash = lambda s: normalise(s, punctuation="drop")
     out = squash(text)
     return [key for key, value in options(question).items() if key.startswith("Sentence") and squash(value)
             and squash(value) in out]
@@ -131,8 +129,8 @@ def _quoted_sentence(text: str, question: str) -> list[str]:
 
 def _fuzzy_option(text: str, question: str) -> str | None:
     """The one option a short answer names with a slip ("get to sleep" for "got to sleep")."""
-    said = re.sub(r"^(?:a|an|the)\s+", "", _norm(re.split(r"[.!?\n]", text, maxsplit=1)[0])).strip(" .,:;\"'")
-    close = [k for k, v in options(question).items() if difflib.SequenceMatcher(None, said, _norm(v)).ratio() >= 0.85]
+    said = re.sub(r"^(?:a|an|the)\s+", "", normalise(re.split(r"[.!?\n]", text, maxsplit=1)[0])).strip(" .,:;\"'")
+    close = [k for k, v in options(question).items() if difflib.SequenceMatcher(None, said, normalise(v)).ratio() >= 0.85]
     return close[0] if len(close) == 1 else None
 
 
@@ -227,7 +225,7 @@ def _names_result(sentence: str, option: str) -> bool:
     ("... its area is 1000."), not one met on the way ("... from 10 a.m. to 11 a.m.")."""
     if not NUMBER.fullmatch(option.replace("$", "").rstrip(" .%")):
         return True
-    return _norm(sentence).rstrip(" .!\"'").endswith(_norm(option).rstrip(" .!\"'"))
+    return normalise(sentence).rstrip(" .!\"'").endswith(normalise(option).rstrip(" .!\"'"))
 
 
 def _last_statement(output: str) -> str | None:

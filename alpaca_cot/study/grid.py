@@ -25,6 +25,8 @@ from alpaca_cot.io import write_json_atomic, write_jsonl_atomic
 
 MIXES = ("alpaca", "alpaca-cot", "alpaca-belle", "alpaca-belle-cot")
 SOURCES = ("alpaca", "belle", "cot")
+# The registered evaluation tasks (alpaca_cot/eval/tasks/) the study holds out sets for, in this order.
+EVAL_TASKS = ("cot", "chinese", "english")
 
 
 def key(record: dict) -> str:
@@ -86,7 +88,7 @@ def held_out(sources: dict, config: dict) -> dict:
     pools = {"alpaca": alpaca_pool, "belle": belle_pool, "cot": [r for rs in cot_pool.values() for r in rs]}
     pools, dropped = decontaminate(pools, english + chinese + cot_eval)
     kept = {id(r) for r in pools["cot"]}
-    return {"sets": {"cot": cot_eval, "chinese": chinese, "english": english}, "pools": pools,
+    return {"sets": dict(zip(EVAL_TASKS, (cot_eval, chinese, english))), "pools": pools,
             "cot_pool": {n: [r for r in rs if id(r) in kept] for n, rs in cot_pool.items()},
             "train_rows": {n: [r for r in rs if cot.question_key(r[0]) not in held] for n, rs in rows.items()},
             "dropped": dropped + repeats}

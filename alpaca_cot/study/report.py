@@ -17,28 +17,16 @@ import numpy as np
 from alpaca_cot import ROOT
 
 from alpaca_cot.eval import evaluation
+from alpaca_cot.eval.tasks import TASKS
 
 from alpaca_cot.study import significance, grid
 from alpaca_cot.io import atomic_open, write_json_atomic
 
-# name: (task, what a row scores, CoT trigger); a score of None leaves the row out (the same rows for every model)
-METRICS = {
-    "cot": ("cot", lambda r: r["correct"], False),
-    "cot_trigger": ("cot", lambda r: r["correct"], True),
-    "trigger_gain": ("cot", None, None),  # per question: correct with the trigger minus correct without
-    "answer_found": ("cot", lambda r: r["extracted"] is not None, False),
-    "flan_phrase": ("cot", lambda r: r["method"] == "phrase", False),
-    "finished": ("cot", lambda r: r.get("finished", True), False),
-    "chinese": ("chinese", lambda r: r["chinese"], False),
-    "final_number": ("chinese", lambda r: r["final_number_match"], False),
-    "english": ("english", lambda r: r["english"], False),
-    "rouge_l": ("english", lambda r: r["rouge_l"], False),
-}
-LABELS = {"cot": "FLAN CoT accuracy, no trigger", "cot_trigger": "FLAN CoT accuracy, with the trigger",
-          "trigger_gain": "gain from the CoT trigger", "answer_found": "answer found", "flan_phrase": "FLAN phrase",
-          "finished": "answers that ended by themselves", "chinese": "Chinese answers in Chinese",
-          "final_number": "Chinese final number agrees", "english": "English answers in English",
-          "rouge_l": "English ROUGE-L"}
+# name: (task, what a row scores, CoT trigger); a score of None leaves the row out (the same rows for every
+# model). Each task of the study says its own (alpaca_cot/eval/tasks/); trigger_gain is matrix's.
+METRICS = {name: (task, score, trigger) for task in grid.EVAL_TASKS
+           for name, (_, score, trigger) in TASKS[task].metrics.items()}
+LABELS = {name: label for task in grid.EVAL_TASKS for name, (label, _, _) in TASKS[task].metrics.items()}
 # (label, from, to, metric). Declared before the run; Holm-corrected together.
 PRIMARY = (
     ("CoT data: FLAN CoT accuracy", "alpaca", "alpaca-cot", "cot"),

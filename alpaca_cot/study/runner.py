@@ -16,7 +16,7 @@ from alpaca_cot import ROOT
 from alpaca_cot.eval import evaluation
 from alpaca_cot.cli import UserError
 from alpaca_cot.io import write_json_atomic
-from alpaca_cot.study.grid import cells, done, model_name
+from alpaca_cot.study.grid import EVAL_TASKS, cells, done, model_name
 
 
 def train_cell(out: Path, mix: str, seed: int, base_model: str, config: dict) -> dict:
@@ -32,7 +32,7 @@ def train_cell(out: Path, mix: str, seed: int, base_model: str, config: dict) ->
 
 
 def eval_cell(out: Path, mix: str, seed, base_model: str, config: dict) -> dict:
-    items = [i for task in evaluation.TASKS for i in evaluation.load_items(out / "eval" / f"{task}.jsonl", task)]
+    items = [i for task in EVAL_TASKS for i in evaluation.load_items(out / "eval" / f"{task}.jsonl", task)]
     shots_file = out / "eval" / "shots.json"
     items = evaluation.with_shots(items, json.loads(shots_file.read_text()) if shots_file.is_file() else {})
     name = model_name(mix, seed)
