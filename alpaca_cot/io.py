@@ -3,7 +3,9 @@ for a failed write; content hashes. What a script may write at all is alpaca_cot
 
 A file is written to `.<name>.<pid>.tmp` beside it and renamed over it; a folder is built as
 `.<name>.saving-<pid>` beside it and swapped in, the previous one parked as `.<name>.old-<pid>` until the
-swap is done. SIGTERM while a file is being written leaves no temporary file: the signal becomes
+swap is done (a cache's folder is moved in unless another process made it first). These two writers are the
+project's only ones; a save with its own commit protocol (the adapter's) stages in `.saving-<pid>-*`
+(`staging_folder`), which sweep knows too. SIGTERM while a file is being written leaves no temporary file: the signal becomes
 SystemExit (exit code 143) for the length of the write, so the cleanup runs. After kill -9, `sweep`
 (run by the next write there, by outputs.check_outputs and by finetune, generate.py and the export on
 an adapter folder) removes the temporaries whose process is dead and puts back a parked folder whose swap
@@ -18,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +31,8 @@ from alpaca_cot.cli import UserError
 TEMP_FILE = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.tmp")
 TEMP_FOLDER = re.compile(r"\.(?P<name>.+)\.saving-(?P<pid>\d+)")
 PARKED_FOLDER = re.compile(r"\.(?P<name>.+)\.old-(?P<pid>\d+)")
-STAGING = re.compile(r"\.saving-(?P<pid>\d+)-\w+")
+STAGING_PREFIX = ".saving-"
+STAGING = re.compile(re.escape(STAGING_PREFIX) + r"(?P<pid>\d+)-\w+")
 MARKER = ".alpaca-cot.json"  # what atomic_folder writes into a folder it built (outputs.MARKER)
 
 
@@ -196,14 +200,25 @@ def write_json_atomic(records, path):
         f.write(json_text(records))
 
 
+def temp_folder(out: Path) -> Path:
+    return out.with_name(f".{out.name}.saving-{os.getpid()}")
+
+
+def staging_folder(folder: Path) -> Path:
+    """A new `.saving-<pid>-<random>` folder inside folder, for a save that is committed by its own protocol
+    (model/adapters.py); sweep removes it once its process is dead."""
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder))
+
+
 @contextmanager
-def atomic_folder(out, marker: str = MARKER, provenance: dict | None = None):
+def atomic_folder(out, marker: str = MARKER, provenance: dict | None = None, replace: bool = True):
     """Yields a temporary folder beside out to fill; when the block ends without error the marker (provenance as
-    JSON) is written into it and it is swapped in for out, which is complete or untouched, never half-written."""
+    JSON) is written into it and it is swapped in for out, which is complete or untouched, never half-written.
+    On an error the temporary is removed. replace=False: an out that exists by then (another process made the
+    same folder first, as with a cache) is kept and the temporary dropped."""
     out = Path(os.path.abspath(Path(out).expanduser()))
     # A plain mkdir (not mkdtemp, which makes it 0700) so the folder gets the usual umask permissions.
-    tmp = out.with_name(f".{out.name}.saving-{os.getpid()}")
-    old = None
+    tmp = temp_folder(out)
     with sigterm_as_exit(), write_errors(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         sweep(out.parent)
@@ -212,17 +227,33 @@ def atomic_folder(out, marker: str = MARKER, provenance: dict | None = None):
         try:
             yield tmp
             (tmp / marker).write_text(json.dumps(provenance or {}, indent=2) + "\n")
-            if out.exists():
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                os.replace(out, old)
-            os.replace(tmp, out)
-        except BaseException:
-            if old is not None and not out.exists():
-                os.replace(old, out)  # put the previous one back
+            _swap_in(tmp, out) if replace else _move_in_unless_there(tmp, out)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, out: Path):
+    """tmp renamed to out; a previous out parked as `.<name>.old-<pid>` until then (sweep puts it back after a kill)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None and not out.exists():
+            os.replace(old, out)  # put the previous one back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _move_in_unless_there(tmp: Path, out: Path):
+    try:
+        os.rename(tmp, out)  # fails on a folder out that holds anything
+    except OSError:
+        if not out.is_dir():
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def sha256(path: Path) -> str:

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from alpaca_cot import io
 from alpaca_cot.model import tiny
 from alpaca_cot.cli import UserError, lazy_import, run
 
@@ -33,7 +34,7 @@ torch = lazy_import("torch")
 merge = lazy_import("alpaca_cot.model.merge")
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"base", "adapter", "merged", ".base-building"}
+OURS = {"base", "adapter", "merged"}
 START = time.perf_counter()
 
 
@@ -74,30 +75,27 @@ def build_base(folder: Path, shape: str, shard_gib: float):
             shards, size = [*shards, []], 0
         shards[-1].append((name, dims))
         size += nbytes
-    building = folder.with_name(".base-building")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir()
-    weight_map = {}
-    for i, shard in enumerate(shards, 1):
-        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        merge.write_safetensors(building / file, [(n, torch.bfloat16, d) for n, d in shard],
-                                (random_tensor(n, d) for n, d in shard), {})
-        weight_map.update({n: file for n, _ in shard})
-        say(f"base: wrote {file} ({len(shard)} tensors)")
-    total = sum(2 * torch.Size(d).numel() for _, d in tensors)
-    (building / merge.INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-    config.save_pretrained(building)
-    with tempfile.TemporaryDirectory() as tmp:  # a tokenizer trained on the demo data, as tiny.build makes it
-        small = tiny.build(Path(tmp) / "t", hidden_size=8, layers=1, heads=1)
-        for file in small.iterdir():
-            if file.name.startswith(("tokenizer", "special_tokens")):
-                shutil.copy(file, building / file.name)
-    os.replace(building, folder)
+    with io.atomic_folder(folder, provenance=dict(written_by="scripts/export_at_scale.py", shape=shape)) as building:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            merge.write_safetensors(building / file, [(n, torch.bfloat16, d) for n, d in shard],
+                                    (random_tensor(n, d) for n, d in shard), {})
+            weight_map.update({n: file for n, _ in shard})
+            say(f"base: wrote {file} ({len(shard)} tensors)")
+        total = sum(2 * torch.Size(d).numel() for _, d in tensors)
+        (building / merge.INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+        config.save_pretrained(building)
+        with tempfile.TemporaryDirectory() as tmp:  # a tokenizer trained on the demo data, as tiny.build makes it
+            small = tiny.build(Path(tmp) / "t", hidden_size=8, layers=1, heads=1)
+            for file in small.iterdir():
+                if file.name.startswith(("tokenizer", "special_tokens")):
+                    shutil.copy(file, building / file.name)
     return sum(torch.Size(d).numel() for _, d in tensors)
 
 
 def base_matches(base: Path, shape: str) -> bool:
-    """base/ is a complete base (build_base renames it into place last) of this shape."""
+    """base/ is a complete base (build_base's io.atomic_folder puts it in place last) of this shape."""
     try:
         config = json.loads((base / "config.json").read_text())
     except (OSError, ValueError):
@@ -150,6 +148,7 @@ def check_merge(base: Path, adapter: Path, out: Path) -> float:
 def check_workdir(workdir: Path, needed: int):
     if workdir.is_file():
         raise UserError(f"--workdir {workdir} is a file")
+    io.sweep(workdir)  # the temporaries of a call that was killed
     foreign = sorted(p.name for p in workdir.iterdir() if p.name not in OURS) if workdir.is_dir() else []
     if foreign:
         raise UserError(f"--workdir {workdir} holds files this script did not write ({', '.join(foreign[:3])}); "

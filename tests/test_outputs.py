@@ -550,3 +550,38 @@ def test_the_demo_adapter_is_where_generate_looks(monkeypatch):
     assert command.split()[1:7] == ["generate.py", "--base_model", "smollm2-135m", "--data", "demo", "--instruction"]
     readme = (ROOT / "README.md").read_text()
     assert readme.split("```bash\n")[1].startswith("make demo ") and command.split(" ", 1)[1] in readme
+
+
+# ---- the folder writer ----
+
+def test_atomic_folder_swaps_in_a_complete_folder_and_leaves_nothing_on_failure(tmp_path):
+    out = tmp_path / "export"
+    with io.atomic_folder(out, provenance={"run": 1}) as tmp:
+        assert tmp.name == f".export.saving-{os.getpid()}" and io.TEMP_FOLDER.fullmatch(tmp.name)
+        (tmp / "weights").write_text("first")
+    assert json.loads((out / io.MARKER).read_text()) == {"run": 1}
+    with pytest.raises(RuntimeError), io.atomic_folder(out) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("the build failed")
+    assert (out / "weights").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    with io.atomic_folder(out) as tmp:
+        (tmp / "weights").write_text("second")
+    assert (out / "weights").read_text() == "second" and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_atomic_folder_without_replace_keeps_the_folder_another_process_made_first(tmp_path):
+    out = tmp_path / "cache"
+    with io.atomic_folder(out, replace=False) as tmp:
+        (tmp / "config.json").write_text("ours")
+        out.mkdir()  # another process finished the same folder meanwhile
+        (out / "config.json").write_text("theirs")
+    assert (out / "config.json").read_text() == "theirs" and sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+    with io.atomic_folder(tmp_path / "new", replace=False) as tmp:
+        (tmp / "config.json").write_text("ours")
+    assert (tmp_path / "new" / "config.json").read_text() == "ours"
+
+
+def test_staging_folders_are_named_for_the_sweep(tmp_path):
+    staging = io.staging_folder(tmp_path)
+    assert staging.parent == tmp_path and io.STAGING.fullmatch(staging.name)
+    assert staging.name.startswith(f"{adapters.STAGING_PREFIX}{os.getpid()}-")

@@ -3,6 +3,9 @@
 What a --data name means is catalog.py's. Here each file is read (JSON list or JSON Lines) and every
 record checked; a bad record stops the run with its file and place, or is skipped and counted.
 
+A file in any catalogue schema (BELLE's dialogue, ShareGPT conversations, prompt/completion, Dolly's
+columns...) is converted as it is read: schemas.py decides which, convert.py converts.
+
 The mixture (`load_mixture`): load, decontaminate, deduplicate, then draw each source. `--data
 alpaca:2000,cot:0.5` takes at most 2000 Alpaca records and half of the CoT records; a weight above 1
 repeats a source (2: every record twice; 1.5: every record once and a drawn half again).
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from alpaca_cot import DATA_DIR
 
-from alpaca_cot.data import dedup
+from alpaca_cot.data import dedup, schemas
 from alpaca_cot.data.catalog import check_readable, resolve_specs
 from alpaca_cot.cli import UserError, as_list
 
@@ -131,14 +134,24 @@ def _check_history(history) -> tuple[list | None, str | None]:
     return [list(turn) for turn in history], None
 
 
-def load_file(path: Path, skip_bad_records: bool = False, require_output: bool = True) -> tuple[list[dict], int]:
-    """Valid records of one file and how many bad ones were skipped (generation needs no output)."""
+def load_file(path: Path, skip_bad_records: bool = False, require_output: bool = True,
+              log=print) -> tuple[list[dict], int]:
+    """Valid records of one file and how many bad ones were skipped (generation needs no output). A file in
+    another catalogue schema (schemas.py) is converted as it is read, and a line logged saying which."""
+    rows = parse(Path(path))
+    schema = schemas.detect(rows, path)
+    hint = "" if schema is not None else (
+        f"; no record of the file fits a known schema ({', '.join(s.name for s in schemas.known())})")
+    schema = schema or schemas.known()[0]
+    if not schema.uniform:
+        log(f"{path}: read as the {schema.name} schema ({schema.describe()}), converted to instruction/input/output")
     records, skipped = [], 0
-    for place, raw in parse(Path(path)):
-        clean, why = _check(raw, require_output)
+    for place, raw in rows:
+        record, why = schema.read(raw)
+        clean, why = _check(record, require_output) if record is not None else (None, why)
         if clean is None:
             if not skip_bad_records:
-                raise UserError(f"{path}: {place}: {why} (pass --skip_bad_records to skip such records)")
+                raise UserError(f"{path}: {place}: {why} (pass --skip_bad_records to skip such records){hint}")
             skipped += 1
             continue
         records.append(clean)
@@ -154,7 +167,7 @@ def load_sources(paths: list[Path], skip_bad_records: bool = False, log=print) -
     """The valid records of each file, in order, logging how many bad ones each skipped."""
     sources = []
     for path in paths:
-        records, skipped = load_file(path, skip_bad_records)
+        records, skipped = load_file(path, skip_bad_records, log=log)
         if skipped:
             log(f"{path}: skipped {skipped} bad records")
         sources.append((path, records))

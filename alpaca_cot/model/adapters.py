@@ -13,13 +13,12 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 from alpaca_cot import hub, io
 from alpaca_cot.cli import UserError
 
-STAGING_PREFIX = ".saving-"
+STAGING_PREFIX = io.STAGING_PREFIX
 COMMIT = ".adapter-commit"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # A fully tuned model (finetune --method full) is saved as a unit the same way: its config, its weights.
@@ -75,7 +74,7 @@ def _save_unit(folder: Path, save, tokenizer, complete, what: str):
     """Stage save(folder) and the tokenizer, check them, commit them with one rename, move them in."""
     folder.mkdir(parents=True, exist_ok=True)
     finish_interrupted_save(folder)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder))
+    staging = io.staging_folder(folder)
     try:
         save(staging)
         tokenizer.save_pretrained(staging)

@@ -8,13 +8,11 @@ safetensors checkpoint, cached by the file's sha256, and reused after that.
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from alpaca_cot.cli import UserError
-from alpaca_cot.io import sha256
+from alpaca_cot.io import atomic_folder, sha256
 
 
 @dataclass(frozen=True)
@@ -65,17 +63,9 @@ def checkpoint(gguf_path, log=print) -> str:
     if (folder / "config.json").is_file():
         return str(folder)
     log(f"converting {gguf_path.name} to a safetensors checkpoint in {folder} (once)")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=folder.parent))
-    try:
+    # replace=False: another process that finished the same conversion first keeps its folder.
+    with atomic_folder(folder, provenance=dict(converted_from=gguf_path.name, sha256=digest), replace=False) as tmp:
         _convert(gguf_path, tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another process finished the same conversion first
-            if not (folder / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return str(folder)
 
 

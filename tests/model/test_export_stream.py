@@ -243,6 +243,28 @@ def test_export_at_scale_reuses_only_a_base_of_its_shape(tmp_path):
     assert script.base_matches(base, "7b") and not script.base_matches(base, "13b")
 
 
+def test_export_at_scale_builds_its_base_through_the_folder_writer(tmp_path, monkeypatch):
+    import importlib.util
+
+    from alpaca_cot import ROOT, io
+    from alpaca_cot.model import tiny
+
+    spec = importlib.util.spec_from_file_location("export_at_scale", ROOT / "scripts" / "export_at_scale.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setitem(tiny.SHAPES, "tiny", (16, 32, 1, 2))
+    base = tmp_path / "base"
+    script.build_base(base, "tiny", shard_gib=0.001)
+    assert script.base_matches(base, "tiny") and (base / io.MARKER).is_file()
+    monkeypatch.setattr(script, "random_tensor", lambda name, shape: 1 / 0)  # a build that fails half-way
+    with pytest.raises(ZeroDivisionError):
+        script.build_base(base, "tiny", shard_gib=0.001)
+    assert script.base_matches(base, "tiny") and sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+    (tmp_path / ".base.saving-999999999").mkdir()  # a killed call's (no such process)
+    script.check_workdir(tmp_path, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+
+
 def test_overwrite_the_export_in_the_current_folder(tiny_llama, tmp_path, monkeypatch):
     adapter = make_adapter(tiny_llama, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=QV)
     export = load_export_script()
