@@ -158,3 +158,19 @@ def test_tests_mirror_the_stages():
     folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and any(p.glob("test_*.py"))}
     assert folders == set(STAGES)
     assert not any(p.name.endswith(".py") for p in (ROOT / "tests").glob("*/__init__.py"))
+
+
+def test_the_readme_layout_names_every_module():
+    """The README's layout section is how a newcomer finds a module: every house module and every module of a
+    stage folder (tasks/ by its folder) is named there, in its stage's row."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## How the code is laid out"):]
+    section = section[:section.index("\n## ", 1)]
+    rows = {line.split("|")[1].strip(" `/"): line for line in section.splitlines() if line.startswith("| `")}
+    missing = [f"{m}.py" for m in sorted(HOUSE - {"__init__"}) if f"`{m}.py`" not in section]
+    for stage in STAGES:
+        for path in (ROOT / "alpaca_cot" / stage).iterdir():
+            name = path.stem if path.suffix == ".py" else f"{path.name}/"
+            if name not in ("__init__", "__pycache__") and f"`{name}`" not in rows.get(stage, ""):
+                missing.append(f"{stage}/{name}")
+    assert missing == []
