@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alpaca_cot import ROOT, io, outputs, tiny  # noqa: E402
+from alpaca_cot import ROOT, io, outputs  # noqa: E402
+from alpaca_cot.model import tiny  # noqa: E402
 from alpaca_cot.cli import UserError, as_list, lazy_import, run  # noqa: E402
 
 torch = lazy_import("torch")  # imported on first use: the flags are checked first

@@ -21,9 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alpaca_cot.model import adapters, models
-
-from alpaca_cot import sharding  # noqa: E402
+from alpaca_cot.model import adapters, models, sharding  # noqa: E402
 from alpaca_cot.model.models import lora_model  # noqa: E402
 
 
