@@ -315,10 +315,12 @@ def test_data_stats_bad_data_is_one_line(tiny_llama, alpaca_sample):
 # ---------------------------------------------------------------- download_data.py
 
 
-@pytest.fixture
-def offline_env(tmp_path):
-    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
-                HF_DATASETS_CACHE=str(tmp_path / "hf" / "datasets"))
+@pytest.fixture(scope="module")
+def offline_env(tmp_path_factory):
+    """Offline, with an empty hub cache: one for the module, so that its runs share one test zygote."""
+    home = tmp_path_factory.mktemp("hf")
+    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(home),
+                HF_DATASETS_CACHE=str(home / "datasets"))
 
 
 @pytest.mark.parametrize("name, dataset_id", [("alpaca", "yahma/alpaca-cleaned"),
