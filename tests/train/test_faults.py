@@ -447,7 +447,7 @@ def test_ctrl_c_while_streaming_exits_cleanly(tiny_llama, tmp_path):
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         err = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert proc.returncode == 130, (proc.returncode, err[-2000:], log.read_text()[-2000:])
     assert error_lines(err) == ["error: interrupted"], err[-2000:]
 
 
