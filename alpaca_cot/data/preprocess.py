@@ -23,6 +23,7 @@ A chat template's records are its own rendering of the conversation, tokenised i
 at the turns; the labels cover each assistant answer and its end-of-turn token.
 """
 
+import hashlib
 import json
 import re
 from bisect import bisect_left
@@ -269,16 +270,26 @@ def encode_records(batch: dict, tokenizer, prompter, cutoff_len: int, train_on_i
     return {k: [rows[i][k] for i in range(len(histories))] for k in FEATURES}
 
 
+def map_fingerprint(dataset, tokenizer, prompter, *settings) -> str:
+    """The fingerprint of Dataset.map's result over an in-memory dataset, from what decides it. Left to itself,
+    datasets hashes map's arguments by pickling them, the whole tokenizer included, on every call; an
+    in-memory dataset caches nothing, so the fingerprint only names the result."""
+    key = [dataset._fingerprint, type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer),
+           getattr(tokenizer, "chat_template", None), prompter.name, prompter.template, *settings]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=repr).encode("utf-8")).hexdigest()[:32]
+
+
 def tokenise(columns, tokenizer, prompter, cutoff_len, train_on_inputs, val_set_size, seed, train_on_history=True,
              log=print):
     """Train and validation sets of input_ids/labels/length; reports cut and dropped records."""
     from datasets import Dataset
 
-    dataset = Dataset.from_dict(columns).map(
+    records = Dataset.from_dict(columns)
+    settings = dict(cutoff_len=cutoff_len, train_on_inputs=train_on_inputs, train_on_history=train_on_history)
+    dataset = records.map(
         encode_records, batched=True, batch_size=1000, remove_columns=list(columns),
-        fn_kwargs=dict(tokenizer=tokenizer, prompter=prompter, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs,
-                       train_on_history=train_on_history),
-        desc="tokenising", disable_nullable=True)
+        fn_kwargs=dict(tokenizer=tokenizer, prompter=prompter, **settings), desc="tokenising", disable_nullable=True,
+        new_fingerprint=map_fingerprint(records, tokenizer, prompter, "encode_records", settings))
     too_long = sum(dataset["prompt_too_long"])
     if too_long:
         dataset = dataset.filter(lambda b: [not x for x in b], input_columns="prompt_too_long", batched=True)

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from alpaca_cot.data.preprocess import IGNORE, encode_records
+from alpaca_cot.data.preprocess import IGNORE, encode_records, map_fingerprint
 
 NO_CUT = sys.maxsize
 
@@ -40,9 +40,11 @@ def length_stats(columns: dict, tokenizer, prompter, cutoff_len: int, num_proc: 
     """
     from datasets import Dataset
 
-    measured = Dataset.from_dict(columns).map(
+    records = Dataset.from_dict(columns)
+    measured = records.map(
         _measure, batched=True, batch_size=1000, remove_columns=list(columns), desc="tokenising", num_proc=num_proc,
-        fn_kwargs=dict(tokenizer=tokenizer, prompter=prompter)).with_format("numpy")
+        fn_kwargs=dict(tokenizer=tokenizer, prompter=prompter),
+        new_fingerprint=map_fingerprint(records, tokenizer, prompter, "length_stats")).with_format("numpy")
     length, prompt, empty = measured["length"][:], measured["prompt"][:], measured["empty_input"][:]
     source = np.asarray(columns["source"])
     sources = {}

@@ -83,3 +83,31 @@ def test_a_template_without_its_keys_is_one_line(tmp_path, monkeypatch):
         preprocess.Prompter("broken")
     with pytest.raises(UserError, match=r"unknown prompt template 'flan_cot'"):
         preprocess.Prompter("flan_cot")
+
+
+def test_tokenise_names_its_result_without_pickling_the_tokenizer(llama_tokenizer, monkeypatch):
+    """datasets would hash map's arguments, the tokenizer among them, by pickling them on every call; tokenise
+    names the result from what decides it instead, and the name still follows every setting."""
+    from datasets import Dataset
+    from datasets.fingerprint import Hasher
+
+    from alpaca_cot.data.preprocess import map_fingerprint, tokenise
+
+    def holds_tokenizer(value) -> bool:
+        inner = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+        return value is llama_tokenizer or any(holds_tokenizer(v) for v in inner)
+
+    hashed, hash_ = [], Hasher.hash
+    monkeypatch.setattr(Hasher, "hash", classmethod(lambda cls, value: hashed.append(holds_tokenizer(value)) or
+                                                    hash_(value)))
+    columns = {"instruction": ["Add 2 and 3.", "Name a colour."], "input": ["", ""], "output": ["5", "Red"]}
+    train, _ = tokenise(columns, llama_tokenizer, Prompter("alpaca"), 64, False, 0, seed=0, log=lambda m: None)
+    assert len(train) == 2 and hashed and not any(hashed)
+
+    records = Dataset.from_dict(columns)
+    key = map_fingerprint(records, llama_tokenizer, Prompter("alpaca"), {"cutoff_len": 64})
+    assert key == map_fingerprint(records, llama_tokenizer, Prompter("alpaca"), {"cutoff_len": 64})
+    assert key != map_fingerprint(records, llama_tokenizer, Prompter("alpaca"), {"cutoff_len": 128})
+    assert key != map_fingerprint(records, llama_tokenizer, Prompter("alpaca_legacy"), {"cutoff_len": 64})
+    assert key != map_fingerprint(Dataset.from_dict({**columns, "output": ["6", "Red"]}), llama_tokenizer,
+                                  Prompter("alpaca"), {"cutoff_len": 64})
