@@ -433,12 +433,18 @@ def test_ctrl_c_exits_130_in_one_line(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []  # no answers, no temp file
 
 
+def as_in_a_terminal():
+    """Ctrl-C as a terminal's foreground job gets it: a shell that starts the suite in the background (`make test
+    &`) has it ignore SIGINT, which every child inherits, and Python then never turns SIGINT into Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_while_streaming_exits_cleanly(tiny_llama, tmp_path):
     log = tmp_path / "stdout"
     with open(log, "w") as stdout:
         proc = subprocess.Popen([sys.executable, "generate.py", "--base_model", str(tiny_llama), "--no_adapter",
                                  "--max_new_tokens", "1500"], cwd=ROOT, env=ENV, stdin=subprocess.PIPE,
-                                stdout=stdout, stderr=subprocess.PIPE, text=True)
+                                stdout=stdout, stderr=subprocess.PIPE, text=True, preexec_fn=as_in_a_terminal)
         proc.stdin.write("Write a long story.\n")
         proc.stdin.flush()
         deadline = time.time() + 120
