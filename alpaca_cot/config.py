@@ -50,10 +50,13 @@ PROBABILITY = Rule(lambda v: number(v) and 0 < v <= 1, "in (0, 1]")
 UNLESS_DEFAULT = "unless_default"
 
 
-def flag(default, help: str, rule: Rule | None = None, defines_run: bool | str = False, record_as: str | None = None):
+def flag(default, help: str, rule: Rule | None = None, defines_run: bool | str = False, record_as: str | None = None,
+         text: bool = False):
     """A config field: default, help, range rule, and whether (True, False or UNLESS_DEFAULT) it defines the
-    run; record_as names it otherwise in the run's record."""
-    return field(default=default, metadata=dict(help=help, rule=rule, defines_run=defines_run, record_as=record_as))
+    run; record_as names it otherwise in the run's record; text keeps the command line's value as written
+    (an instruction "None" or "red, green" stays that text)."""
+    return field(default=default, metadata=dict(help=help, rule=rule, defines_run=defines_run, record_as=record_as,
+                                                text=text))
 
 
 def fields(config) -> list[dataclasses.Field]:
@@ -105,7 +108,15 @@ def entry(config_class, doc: str = ""):
     shape.__name__ = config_class.__name__
     shape.__signature__ = signature(config_class)
     shape.__doc__ = f"{doc or inspect.getdoc(config_class)}\n\nArgs:\n{args}\n"
-    return shape
+    return text_flags(config_class)(shape)
+
+
+def text_flags(config_class):
+    """A decorator that has the command line keep config_class's text fields as written (cli reads fire's
+    parse functions)."""
+    import fire
+
+    return fire.decorators.SetParseFns(**{f.name: str for f in fields(config_class) if f.metadata.get("text")})
 
 
 def read_config_file(path, shape) -> dict:

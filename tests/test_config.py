@@ -1,6 +1,6 @@
-"""The typed configuration (alpaca_cot/config.py, train/config.py): finetune's flags as one dataclass whose fields
-carry default, help, range rule and whether they define the run; `--config run.yaml` under the flags of every
-script, each bad key or value one line before any work."""
+"""The typed configuration (alpaca_cot/config.py, train/config.py, infer/config.py): finetune's and generate's flags
+as dataclasses whose fields carry default, help, range rule and whether they define the run; `--config run.yaml`
+under the flags of every script, each bad key or value one line before any work."""
 
 import dataclasses
 import inspect
@@ -11,6 +11,7 @@ import pytest
 
 from alpaca_cot import config
 from alpaca_cot.cli import UserError
+from alpaca_cot.infer.config import GenerateConfig
 from alpaca_cot.train.config import FinetuneConfig
 from conftest import ROOT, one_error_line, run_python
 
@@ -21,12 +22,13 @@ def no_torch_env() -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(NO_TORCH), os.environ.get("PYTHONPATH")])))
 
 
-def test_every_field_has_help_and_its_rule_holds_for_its_default():
-    for f in dataclasses.fields(FinetuneConfig):
+@pytest.mark.parametrize("config_class", [FinetuneConfig, GenerateConfig])
+def test_every_field_has_help_and_its_rule_holds_for_its_default(config_class):
+    for f in dataclasses.fields(config_class):
         assert f.metadata["help"].strip(), f.name
         rule = f.metadata["rule"]
         assert rule is None or f.default is None or rule.test(f.default), f.name
-    config.check(FinetuneConfig())  # the defaults pass
+    config.check(config_class())  # the defaults pass
 
 
 def test_finetune_takes_its_flags_from_the_config():
@@ -35,6 +37,23 @@ def test_finetune_takes_its_flags_from_the_config():
     assert list(inspect.signature(finetune).parameters) == [f.name for f in dataclasses.fields(FinetuneConfig)]
     with pytest.raises(TypeError, match="lora_rr"):
         finetune(lora_rr=4)
+
+
+def test_generate_takes_its_flags_from_the_config(monkeypatch, capsys):
+    """generate.py's flags are GenerateConfig's fields; an instruction stays the text it was written as, and a
+    decoding flag out of range is one line before anything loads."""
+    from alpaca_cot import cli
+    from alpaca_cot.infer.config import GenerateConfig
+    from conftest import load_script, run_cli
+
+    main = load_script("generate.py").main
+    assert list(inspect.signature(main).parameters) == [f.name for f in dataclasses.fields(GenerateConfig)]
+    shape = config.entry(GenerateConfig)
+    assert cli.parse_argv(shape, ["--instruction", "None", "--input", "red, green"]) == \
+        {"instruction": "None", "input": "red, green"}
+    assert cli.parse_argv(shape, ["--top_k", "5"]) == {"top_k": 5}
+    code, err = run_cli(main, ["--base_model", "unused", "--top_p", "1.5"], monkeypatch, capsys)
+    assert (code, err.strip()) == (2, "error: --top_p must be in (0, 1], got 1.5")
 
 
 def test_a_rule_names_flag_rule_and_value():
