@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .cli import TYPE_NAMES, UserError
+from .cli import TYPE_NAMES, UserError, expected_type, fits_type
 
 
 @dataclass(frozen=True)
@@ -157,12 +157,10 @@ def _typed(path, param: inspect.Parameter, value):
     take any scalar as text; typed ones must fit their type, as on the command line."""
     if isinstance(value, list):
         return tuple(value)
-    kind = next((k for k in (param.annotation, type(param.default)) if k in TYPE_NAMES), None)
+    kind = expected_type(param)
     if value is None or kind is None:
         return str(value) if (param.annotation is str or isinstance(param.default, str)) and value is not None \
             and not isinstance(value, (dict, bool)) else value
-    fits = isinstance(value, bool) if kind is bool else \
-        isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool)
-    if not fits:
+    if not fits_type(value, kind):
         raise UserError(f"--config {path}: {param.name} takes {TYPE_NAMES[kind]}, got {value!r}")
     return value
