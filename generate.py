@@ -23,8 +23,8 @@ def main(**flags):
     import torch
 
     from alpaca_cot.data.catalog import check_readable
-    from alpaca_cot.infer.answer import (answer_file, check_room, check_serving, import_gradio, interactive, output_path,
-                                         read_records, serve, worth_compiling)
+    from alpaca_cot.infer.answer import (answer_file, check_room, check_serving, import_gradio, interactive,
+                                         output_path, read_records, serve, worth_compiling)
     from alpaca_cot.infer.generation import Generator, decoding_kwargs
     from alpaca_cot.model import models
     from alpaca_cot.model.checks import check_device_map

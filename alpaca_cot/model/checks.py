@@ -1,8 +1,9 @@
 """Checks of flag values that a type alone cannot express, run before any data or model loads.
 
 finetune's flags carry their range rules in its config (train/config.py); `decoding_kwargs` (generate.py's
-first step) checks DECODING_RULES the same way (alpaca_cot/config.py's require). --quantization, --attn_implementation and --device_map are checked against what
-can run here (finetune, generate, the export). Each failure is a one-line `UserError` naming the flag and value.
+first step) checks DECODING_RULES the same way (alpaca_cot/config.py's require). --quantization,
+--attn_implementation and --device_map are checked against what can run here (finetune, generate, the export).
+Each failure is a one-line `UserError` naming the flag and value.
 """
 
 import importlib.util

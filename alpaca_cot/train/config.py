@@ -25,7 +25,8 @@ class FinetuneConfig:
     """
     # the model, the data, the output
     base_model: str = flag(None,
-        'local folder, hub id (org/name or gpt2), .gguf file or preset of the base model; wins over --size.', defines_run=True)
+        'local folder, hub id (org/name or gpt2), .gguf file or preset of the base model; wins over --size.',
+        defines_run=True)
     size: int = flag(7, 'LLaMA size in billions (7, 13, 30 or 65) for huggyllama/llama-{size}b.')
     data: str = flag('cot', 'dataset names joined by - (alpaca-belle-cot), or .json/.jsonl files, comma-separated.')
     output_dir: str = flag(None,
@@ -67,12 +68,14 @@ class FinetuneConfig:
         'the 2023 recipe did (off by default: far more memory at the same speed).', defines_run=True)
     attn_implementation: str = flag('sdpa', 'sdpa, eager, flex_attention or flash_attention_2.')
     fsdp: bool = flag(False,
-        'shard the base model over the processes of a torchrun/accelerate launch (FSDP2), bf16 or 4bit.', defines_run=UNLESS_DEFAULT)
+        'shard the base model over the processes of a torchrun/accelerate launch (FSDP2), bf16 or 4bit.',
+        defines_run=UNLESS_DEFAULT)
     device_map: str = flag(None,
         "auto: split one process's model over the visible GPUs (naive model parallel; no launcher).")
     method: str = flag('lora',
         'lora (an adapter on the frozen base), or full: every weight trained (--quantization none; bf16 on a '
-        'GPU), the output folder then holding the whole tuned model, which generate.py loads as its base.', defines_run=UNLESS_DEFAULT)
+        'GPU), the output folder then holding the whole tuned model, which generate.py loads as its base.',
+        defines_run=UNLESS_DEFAULT)
     # the tuning method
     lora_r: int = flag(8, 'rank of the LoRA matrices.', POSITIVE_INT, defines_run=True)
     lora_alpha: int = flag(16,
@@ -82,9 +85,11 @@ class FinetuneConfig:
         "modules that get an adapter, comma-separated, or all-linear; peft's defaults for the model's "
         'architecture when unset (q_proj,v_proj for LLaMA, query_key_value for BLOOM).', defines_run=True)
     use_dora: bool = flag(False,
-        'DoRA (peft): the update split into a magnitude and a LoRA direction; 16-bit or 4-bit bases.', defines_run=UNLESS_DEFAULT)
+        'DoRA (peft): the update split into a magnitude and a LoRA direction; 16-bit or 4-bit bases.',
+        defines_run=UNLESS_DEFAULT)
     use_rslora: bool = flag(False,
-        'rank-stabilised LoRA (peft): the update scaled by alpha / sqrt(r) instead of alpha / r.', defines_run=UNLESS_DEFAULT)
+        'rank-stabilised LoRA (peft): the update scaled by alpha / sqrt(r) instead of alpha / r.',
+        defines_run=UNLESS_DEFAULT)
     init_lora_weights: str = flag('default',
         'default (A random, B zero: the update starts at 0), gaussian, olora, or pissa / pissa_niter_N (the '
         'principal singular vectors of each weight; --quantization none). A PiSSA or OLoRA adapter is saved '
@@ -100,14 +105,16 @@ class FinetuneConfig:
     max_records_per_source: int = flag(None,
         'draw at most this many records from each --data source (with --seed).', defines_run=True)
     dedup: str = flag('none',
-        'remove repeated prompts within and across sources: none (as given), exact or near (MinHash).', defines_run=True)
+        'remove repeated prompts within and across sources: none (as given), exact or near (MinHash).',
+        defines_run=True)
     decontaminate: str = flag(None,
         'evaluation files (.json/.jsonl, comma-separated) whose rows are removed from the data.', defines_run=True)
     group_by_length: bool = flag(None,
         'batch records of similar length together (on; off with --recipe 2023).', defines_run=True)
     balance_ranks: bool = flag(True,
         "with group_by_length on several GPUs, give every GPU an equal share of each step's padded tokens "
-        "(False: transformers' order, whose longest micro-batch of each step goes to the first GPU).", defines_run=UNLESS_DEFAULT)
+        "(False: transformers' order, whose longest micro-batch of each step goes to the first GPU).",
+        defines_run=UNLESS_DEFAULT)
     overlap_steps: bool = flag(True,
         "on a GPU, copy micro-batches to it without waiting and drop the Trainer's per-step NaN check of the "
         "logged loss, so that the CPU prepares the next step while the GPU computes (False: the Trainer's "
